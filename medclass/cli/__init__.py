@@ -1,0 +1,145 @@
+"""The ``medclass`` command line: parses, sets up logging, calls a command, turns errors into exit codes.
+
+Each command lives in its own module under ``medclass.cli`` and exposes::
+
+    HELP: str                                   # one line for ``medclass --help``
+    DESCRIPTION: str                            # longer text with examples for ``medclass CMD --help``
+    def add_arguments(parser) -> None
+    def run(args) -> ExitCode | int
+
+Command modules import heavy libraries (torch, timm, monai) inside ``run`` so that ``--help`` stays fast.
+This module is the only error boundary: a :class:`~medclass.errors.MedclassError` becomes one line on
+stderr and a non-zero exit code; ``--traceback`` shows the real traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from enum import IntEnum
+
+from medclass import __version__
+from medclass.errors import MedclassError
+
+log = logging.getLogger("medclass")
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1  # nothing useful was done
+    USAGE = 2  # bad command line (argparse's own code)
+    PARTIAL = 3  # some inputs failed, the rest were processed
+    INTERRUPTED = 130
+
+
+# name -> module (relative to medclass.cli). Order is the order shown in --help.
+COMMANDS: dict[str, str] = {
+    "inspect": "inspect",
+    "preview": "preview",
+    "manifest": "manifest",
+    "train": "train",
+    "evaluate": "evaluate",
+    "compare": "compare",
+    "explain": "explain",
+    "score": "score",
+    "export": "export",
+    "demo": "demo",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' line breaks and shows defaults."""
+
+
+def _load(name: str):
+    return importlib.import_module(f"medclass.cli.{COMMANDS[name]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medclass",
+        formatter_class=HelpFormatter,
+        description=(
+            "Fine-tune Inception V3 on your own medical images (DICOM, NIfTI, PNG/JPEG), evaluate it "
+            "honestly, explain it to clinicians and score new studies in bulk.\n\n"
+            "Typical flow:\n"
+            "  medclass inspect scans/                       # what is in a folder, and what will fail\n"
+            "  medclass manifest build --from-folders data/ --out data_manifests/mine.csv\n"
+            "  medclass train --manifest data_manifests/mine.csv --data-root data/ --out runs/r1\n"
+            "  medclass evaluate --checkpoint runs/r1/best --manifest data_manifests/mine.csv --out reports/r1\n"
+            "  medclass explain --checkpoint runs/r1/best scans/case1.dcm --out reports/r1/saliency\n"
+            "  medclass score --checkpoint runs/r1/best scans/ --out scores.csv\n\n"
+            "Try it all offline on generated DICOM:  medclass demo"
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"medclass {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name in COMMANDS:
+        try:
+            module = _load(name)
+        except ModuleNotFoundError as exc:  # a command not built yet
+            if exc.name != f"medclass.cli.{COMMANDS[name]}":
+                raise
+            continue
+        p = sub.add_parser(
+            name, help=module.HELP, description=module.DESCRIPTION, formatter_class=HelpFormatter
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
+    if verbose == 0 and not quiet:
+        level = logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("medclass")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0)
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return ExitCode.USAGE
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args._module.run(args))
+    except MedclassError as exc:
+        if args.traceback:
+            raise
+        print(f"medclass {args.command}: error: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    except KeyboardInterrupt:
+        print(f"medclass {args.command}: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug: one line unless asked for more
+        if args.traceback or os.environ.get("MEDCLASS_TRACEBACK"):
+            raise
+        print(
+            f"medclass {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(run again with --traceback and report it)",
+            file=sys.stderr,
+        )
+        return ExitCode.ERROR
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

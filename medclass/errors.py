@@ -1,0 +1,110 @@
+"""The errors medclass raises on purpose.
+
+Every message is one line that names the file (when there is one) and the problem, and, where it helps,
+what to do. The CLI turns any :class:`MedclassError` into that line and an exit code; anything else is a
+bug and shows its traceback with ``--traceback``.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class MedclassError(Exception):
+    """Base class of every error medclass raises for bad input, configuration or environment.
+
+    ``path`` (optional) is the file the problem is about; it is put in front of the message.
+    """
+
+    kind = "error"
+
+    def __init__(self, message: str, path: str | PathLike[str] | None = None) -> None:
+        self.message = message
+        self.path = None if path is None else str(path)
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+    def __reduce__(self):  # picklable across worker processes
+        return (self.__class__, (self.message, self.path))
+
+
+# --- input files -------------------------------------------------------------------------------------
+class InputError(MedclassError):
+    """A file could not be turned into an image."""
+
+    kind = "input"
+
+
+class UnreadableFileError(InputError):
+    """The file does not exist, is empty, or cannot be opened."""
+
+    kind = "unreadable"
+
+
+class UnsupportedFormatError(InputError):
+    """Not a DICOM, NIfTI, PNG or JPEG file (recognised by content)."""
+
+    kind = "unsupported-format"
+
+
+class CorruptFileError(InputError):
+    """The file claims a format but its content is broken (truncated, inconsistent lengths...)."""
+
+    kind = "corrupt"
+
+
+class NoImageError(InputError):
+    """A valid file that holds no image (DICOM SR, SEG without pixels, presentation state...)."""
+
+    kind = "no-image"
+
+
+class MissingDecoderError(InputError):
+    """The pixel data's transfer syntax needs a codec plugin that is not installed."""
+
+    kind = "missing-decoder"
+
+
+class ImageTooLargeError(InputError):
+    """Declared dimensions are absurd; refused before allocating."""
+
+    kind = "too-large"
+
+
+class InvalidPixelDataError(InputError):
+    """Pixels decode but are unusable (NaN/Inf everywhere, 4D+ volume, wrong shape...)."""
+
+    kind = "invalid-pixels"
+
+
+# --- manifests, configuration, checkpoints -------------------------------------------------------
+class ManifestError(MedclassError):
+    """A manifest is malformed: missing column, unknown label, bad split, path outside the data root."""
+
+    kind = "manifest"
+
+
+class UnsafePathError(ManifestError):
+    """A path escapes the data root (``..``, absolute path, symlink pointing out)."""
+
+    kind = "unsafe-path"
+
+
+class ConfigError(MedclassError):
+    """A setting is unknown or has an invalid value."""
+
+    kind = "config"
+
+
+class CheckpointError(MedclassError):
+    """A checkpoint is missing, corrupt, tampered with, pickled, or of another architecture."""
+
+    kind = "checkpoint"
+
+
+class DataError(MedclassError):
+    """Inputs to a computation are unusable as a whole (an empty split, ids that do not match...)."""
+
+    kind = "data"
