@@ -1,0 +1,193 @@
+"""Checking a loaded manifest against its data root: every problem found, each naming its lines.
+
+Problems: a path that escapes the data root, a missing file, an unknown label (when classes are given),
+the same image (path + frame) listed twice, a patient (or study) in two splits, and identical file content
+(sha256) in two splits. Content is hashed only for whole-file rows (no ``frame``): the frames of one
+multi-frame file may legitimately sit in different splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medclass.errors import UnsafePathError
+from medclass.manifest.table import SPLITS, Manifest, ManifestRow
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: its ``kind`` (``unsafe-path``, ``missing-file``, ``unknown-label``, ``duplicate-image``,
+    ``patient-in-two-splits``, ``study-in-two-splits``, ``same-content-in-two-splits``), the manifest lines
+    involved and a one-line message."""
+
+    kind: str
+    lines: tuple[int, ...]
+    message: str
+
+    def __str__(self) -> str:
+        where = "line" if len(self.lines) == 1 else "lines"
+        return f"{where} {', '.join(map(str, self.lines))}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_manifest` found. ``ok`` is True when there is no problem."""
+
+    manifest: Manifest
+    problems: list[Problem] = field(default_factory=list)
+    files_hashed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class (or positives per finding) per split: ``{class: {split: n}}``."""
+        out: dict[str, dict[str, int]] = {c: dict.fromkeys(SPLITS, 0) for c in self.manifest.classes}
+        for r in self.manifest.rows:
+            if r.label is not None:
+                out.setdefault(r.label, dict.fromkeys(SPLITS, 0))[r.split] += 1
+            for f, v in r.findings.items():
+                out[f][r.split] += v
+        return out
+
+    def patients(self) -> dict[str, int]:
+        """Distinct patients per split."""
+        return {s: len({r.patient_id for r in self.manifest.rows if r.split == s}) for s in SPLITS}
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_manifest(
+    manifest: Manifest,
+    *,
+    classes: Sequence[str] | None = None,
+    hash_content: bool = True,
+    allow_outside_root: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> CheckReport:
+    """Look for every problem in ``manifest`` (see the module docstring); returns a :class:`CheckReport`.
+
+    ``classes`` (single-label) are the allowed labels. ``hash_content`` compares file contents across
+    splits (each file is read once, streamed). ``progress(done, total)`` is called while hashing.
+    Raises nothing for problems in the data; they are all in the report.
+    """
+    report = CheckReport(manifest)
+    problems = report.problems
+    existing: dict[int, Path] = {}
+    for row in manifest.rows:
+        try:
+            file = manifest.resolve(row, allow_outside_root=allow_outside_root)
+        except UnsafePathError as exc:
+            problems.append(Problem("unsafe-path", (row.line,), exc.message.split(": ", 1)[-1]))
+            continue
+        if not file.is_file():
+            problems.append(
+                Problem("missing-file", (row.line,), f"file {row.path!r} not found in {manifest.data_root}")
+            )
+            continue
+        existing[row.line] = file
+
+    if classes is not None and manifest.task == "multiclass":
+        known = set(classes)
+        bad: dict[str, list[int]] = defaultdict(list)
+        for row in manifest.rows:
+            if row.label not in known:
+                bad[str(row.label)].append(row.line)
+        for label, lines in sorted(bad.items()):
+            problems.append(
+                Problem(
+                    "unknown-label",
+                    tuple(lines),
+                    f"unknown label {label!r}; expected one of {', '.join(classes)}",
+                )
+            )
+
+    by_key: dict[tuple[str, int | None], list[ManifestRow]] = defaultdict(list)
+    for row in manifest.rows:
+        by_key[row.key].append(row)
+    for (path, frame), rows in by_key.items():
+        if len(rows) > 1:
+            splits = sorted({r.split for r in rows}, key=SPLITS.index)
+            what = path if frame is None else f"{path} frame {frame}"
+            where = f"in splits {', '.join(splits)}" if len(splits) > 1 else f"twice in {splits[0]}"
+            problems.append(
+                Problem("duplicate-image", tuple(r.line for r in rows), f"image {what} listed {where}")
+            )
+
+    problems += _straddling(manifest.rows, "patient_id", "patient")
+    problems += _straddling([r for r in manifest.rows if r.study_id], "study_id", "study")
+    if hash_content:
+        problems += _same_content(manifest.rows, existing, report, progress)
+    for p in problems:
+        log.debug("%s: %s", manifest.path, p)
+    return report
+
+
+def _straddling(rows: Sequence[ManifestRow], attr: str, what: str) -> list[Problem]:
+    groups: dict[str, list[ManifestRow]] = defaultdict(list)
+    for r in rows:
+        groups[getattr(r, attr)].append(r)
+    out = []
+    for gid, members in sorted(groups.items()):
+        splits = Counter(r.split for r in members)
+        if len(splits) > 1:
+            detail = ", ".join(f"{s} ({splits[s]})" for s in SPLITS if s in splits)
+            lines = tuple(sorted(r.line for r in members))
+            out.append(
+                Problem(f"{what}-in-two-splits", lines, f"{what} {gid!r} is in several splits: {detail}")
+            )
+    return out
+
+
+def _same_content(
+    rows: Sequence[ManifestRow],
+    existing: dict[int, Path],
+    report: CheckReport,
+    progress: Callable[[int, int], None] | None,
+) -> list[Problem]:
+    whole = [r for r in rows if r.frame is None and r.line in existing]
+    # hash each distinct file once; files whose size is unique cannot have a twin, so skip reading them
+    by_file: dict[Path, list[ManifestRow]] = defaultdict(list)
+    for r in whole:
+        by_file[existing[r.line].resolve()].append(r)
+    sizes = {f: f.stat().st_size for f in by_file}
+    size_count = Counter(sizes.values())
+    to_hash = [f for f in by_file if size_count[sizes[f]] > 1]
+    by_hash: dict[str, list[ManifestRow]] = defaultdict(list)
+    for i, f in enumerate(to_hash):
+        by_hash[sha256_file(f)].extend(by_file[f])
+        if progress:
+            progress(i + 1, len(to_hash))
+    report.files_hashed = len(to_hash)
+    out = []
+    for digest, members in by_hash.items():
+        paths = {r.path for r in members}
+        splits = {r.split for r in members}
+        if len(paths) > 1 and len(splits) > 1:
+            names = ", ".join(sorted(paths))
+            out.append(
+                Problem(
+                    "same-content-in-two-splits",
+                    tuple(sorted(r.line for r in members)),
+                    f"identical files (sha256 {digest[:12]}) in splits "
+                    f"{', '.join(s for s in SPLITS if s in splits)}: {names}",
+                )
+            )
+    return out
