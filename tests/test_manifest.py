@@ -613,3 +613,28 @@ def test_shipped_manifests_load_and_pass_check(shared_data, name):
         with np.load(shared_data / m.rows[0].path) as npz:
             labels = np.concatenate([npz[f"{s}_labels"][:, 0] for s in ("train", "val", "test")])
         assert [m.target(r) for r in m.rows] == labels.tolist()
+
+
+def test_check_npz_frames(tmp_path):
+    np.savez(
+        tmp_path / "m.npz",
+        train_images=np.zeros((3, 2, 2), np.uint8),
+        train_labels=np.zeros((3, 1)),
+        test_images=np.zeros((2, 2, 2), np.uint8),
+        test_labels=np.zeros((2, 1)),
+    )
+    _write(tmp_path / "broken.npz", "not a zip")
+    from medclass.manifest.check import npz_frame_count
+
+    assert npz_frame_count(tmp_path / "m.npz") == 5
+    text = (
+        "path,frame,patient_id,split,label\n"
+        + "".join(f"m.npz,{f},p{f},train,a\n" for f in range(6))
+        + "broken.npz,0,q,test,a\n"
+    )
+    report = check_manifest(load_manifest(_write(tmp_path / "m.csv", text), tmp_path))
+    assert [(p.kind, p.lines) for p in report.problems] == [
+        ("frame-out-of-range", (7,)),
+        ("unreadable-file", (8,)),
+    ]
+    assert "frame 5 of 'm.npz', which has 5" in str(report.problems[0])

@@ -1,7 +1,7 @@
 """Checking a loaded manifest against its data root: every problem found, each naming its lines.
 
 Problems: a path that escapes the data root, a missing file, an unknown label (when classes are given),
-the same image (path + frame) listed twice, a patient (or study) in two splits, and identical file content
+the same image (path + frame) listed twice, a frame past the end of a ``.npz``, a patient (or study) in two splits, and identical file content
 (sha256) in two splits. Content is hashed only for whole-file rows (no ``frame``): the frames of one
 multi-frame file may legitimately sit in different splits.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ _CHUNK = 1 << 20
 @dataclass(frozen=True)
 class Problem:
     """One problem: its ``kind`` (``unsafe-path``, ``missing-file``, ``unknown-label``, ``duplicate-image``,
-    ``patient-in-two-splits``, ``study-in-two-splits``, ``same-content-in-two-splits``), the manifest lines
+    ``frame-out-of-range``, ``unreadable-file``, ``patient-in-two-splits``, ``study-in-two-splits``,
+    ``same-content-in-two-splits``), the manifest lines
     involved and a one-line message."""
 
     kind: str
@@ -131,6 +133,7 @@ def check_manifest(
                 Problem("duplicate-image", tuple(r.line for r in rows), f"image {what} listed {where}")
             )
 
+    problems += _npz_frames(manifest.rows, existing)
     problems += _straddling(manifest.rows, "patient_id", "patient")
     problems += _straddling([r for r in manifest.rows if r.study_id], "study_id", "study")
     if hash_content:
@@ -138,6 +141,48 @@ def check_manifest(
     for p in problems:
         log.debug("%s: %s", manifest.path, p)
     return report
+
+
+def npz_frame_count(path: Path) -> int:
+    """How many frames a MedMNIST-layout ``.npz`` holds (sum of the ``*_images`` lengths), from the array
+    headers only. Raises ``OSError``, ``ValueError`` or ``zipfile.BadZipFile`` for an unreadable file."""
+    import numpy as np
+
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if not name.endswith("_images.npy"):
+                continue
+            with zf.open(name) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape = np.lib.format.read_array_header_1_0(fh)[0]
+                else:
+                    shape = np.lib.format.read_array_header_2_0(fh)[0]
+            total += shape[0] if shape else 1
+    return total
+
+
+def _npz_frames(rows: Sequence[ManifestRow], existing: dict[int, Path]) -> list[Problem]:
+    counts: dict[Path, int | str] = {}
+    out = []
+    for r in rows:
+        file = existing.get(r.line)
+        if r.frame is None or file is None or not file.name.lower().endswith(".npz"):
+            continue
+        if file not in counts:
+            try:
+                counts[file] = npz_frame_count(file)
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                counts[file] = f"{type(exc).__name__}: {exc}"
+        n = counts[file]
+        if isinstance(n, str):
+            out.append(Problem("unreadable-file", (r.line,), f"cannot read frames of {r.path!r}: {n}"))
+        elif r.frame >= n:
+            out.append(
+                Problem("frame-out-of-range", (r.line,), f"frame {r.frame} of {r.path!r}, which has {n}")
+            )
+    return out
 
 
 def _straddling(rows: Sequence[ManifestRow], attr: str, what: str) -> list[Problem]:
