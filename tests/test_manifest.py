@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medclass.cli import ExitCode, main
 from medclass.errors import DataError, ManifestError, UnsafePathError
@@ -444,6 +446,11 @@ def test_build_from_dicom_tree_by_study(tmp_path):
         == ExitCode.OK
     )
     assert all(len(s) == 1 for s in _splits_by_patient(_rows(out), "study_id").values())
+    m = load_manifest(out, tree)
+    assert check_manifest(m, group="study").ok
+    straddling = [p for p in check_manifest(m).problems if p.kind == "patient-in-two-splits"]
+    assert len(straddling) == sum(len(s) > 1 for s in _splits_by_patient(_rows(out)).values()) > 0
+    assert main(["manifest", "check", str(out), "--data-root", str(tree), "--group", "study"]) == ExitCode.OK
 
 
 def test_dicom_labels_with_duplicate_key(tmp_path):
@@ -638,3 +645,19 @@ def test_check_npz_frames(tmp_path):
         ("unreadable-file", (8,)),
     ]
     assert "frame 5 of 'm.npz', which has 5" in str(report.problems[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 4)), min_size=8, max_size=40),
+    seed=st.integers(0, 2**16),
+)
+def test_assign_splits_property_no_patient_straddles(groups, seed):
+    records = [{"patient_id": f"p{i}", "label": lab} for i, (lab, n) in enumerate(groups) for _ in range(n)]
+    splits = assign_splits(records, val=0.15, test=0.15, seed=seed)
+    where = defaultdict(set)
+    for rec, s in zip(records, splits, strict=True):
+        where[rec["patient_id"]].add(s)
+    assert all(len(s) == 1 for s in where.values())
+    assert {"train", "test", "val"} == set(splits)
+    assert splits == assign_splits(records, val=0.15, test=0.15, seed=seed)

@@ -122,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     c.add_argument("--classes", type=_csv_list, default=None, metavar="A,B", help="the allowed labels")
     c.add_argument("--no-hash", action="store_true", help="skip the file-content comparison")
+    c.add_argument(
+        "--group",
+        choices=("patient", "study"),
+        default="patient",
+        help="unit that must stay in one split (study: a patient's studies may differ)",
+    )
     c.add_argument("--max-problems", type=int, default=50, help="list at most this many problems")
     c.set_defaults(_action=_check)
 
@@ -192,7 +198,7 @@ def _check(args: argparse.Namespace) -> ExitCode:
     from medclass.manifest import check_manifest, load_manifest
 
     manifest = load_manifest(args.manifest, args.data_root)
-    report = check_manifest(manifest, classes=args.classes, hash_content=not args.no_hash)
+    report = check_manifest(manifest, classes=args.classes, hash_content=not args.no_hash, group=args.group)
     if not report.ok:
         print(
             f"{manifest.path}: {len(report.problems)} problem(s) (data root {manifest.data_root})",
@@ -208,7 +214,7 @@ def _check(args: argparse.Namespace) -> ExitCode:
     _print_summary(
         [row_to_record(r) for r in manifest.rows],
         title=f"{manifest.path}: OK ({len(manifest)} images, {manifest.task}, "
-        f"{report.files_hashed} files hashed, sha256 {manifest.sha256[:12]})",
+        f"{report.files_hashed} same-size files hashed, sha256 {manifest.sha256[:12]})",
     )
     return ExitCode.OK
 

@@ -81,13 +81,15 @@ def check_manifest(
     *,
     classes: Sequence[str] | None = None,
     hash_content: bool = True,
+    group: str = "patient",
     allow_outside_root: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
     """Look for every problem in ``manifest`` (see the module docstring); returns a :class:`CheckReport`.
 
     ``classes`` (single-label) are the allowed labels. ``hash_content`` compares file contents across
-    splits (each file is read once, streamed). ``progress(done, total)`` is called while hashing.
+    splits (each file is read once, streamed). ``group="study"`` (a manifest split by study) does not
+    report a patient whose studies sit in different splits. ``progress(done, total)`` is called while hashing.
     Raises nothing for problems in the data; they are all in the report.
     """
     report = CheckReport(manifest)
@@ -134,7 +136,10 @@ def check_manifest(
             )
 
     problems += _npz_frames(manifest.rows, existing)
-    problems += _straddling(manifest.rows, "patient_id", "patient")
+    if group not in ("patient", "study"):
+        raise ValueError(f"group must be 'patient' or 'study', not {group!r}")
+    if group == "patient":  # a manifest split by study may put a patient's studies in different splits
+        problems += _straddling(manifest.rows, "patient_id", "patient")
     problems += _straddling([r for r in manifest.rows if r.study_id], "study_id", "study")
     if hash_content:
         problems += _same_content(manifest.rows, existing, report, progress)
