@@ -1,0 +1,301 @@
+"""Fine-tune Inception V3 with its auxiliary head: the epoch loop of ``medclass train``.
+
+:func:`train` takes a validated :class:`~medclass.train.config.TrainConfig` and runs: load the
+manifest, decode and cache the train/val images once, build the model and freeze what the transfer mode
+says, then per epoch train (``main + aux_weight × aux`` loss, warmup + cosine LR per step, gradient
+clipping, bf16 autocast, channels_last), validate (loss and macro AUC on the main head), write
+``metrics.csv``, save ``last`` (+ training state) and, when val AUC improved, ``best``; stop early when
+val AUC has not improved for ``patience`` epochs.
+
+Reproducibility: the sample order, the augmentation draws and torch's global RNG (dropout) are re-seeded
+from ``(seed, epoch)`` at the start of every epoch, and the optimizer/scheduler state is saved with
+``last``; a run resumed from ``last`` therefore ends with the same weights as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medclass.errors import ConfigError, DataError
+from medclass.train import distributed as dist_
+from medclass.train import runfiles
+from medclass.train.config import TrainConfig, check_resumable, read_saved, save_config
+from medclass.train.objective import InceptionLoss, epoch_seed, loss_weights, macro_auc
+from medclass.train.setup import Prepared, prepare
+from medclass.train.steps import StepRunner, predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``best_epoch`` is 1-based (as in ``metrics.csv``); 0 if no epoch ran."""
+
+    run_dir: Path
+    best_epoch: int
+    best_auc: float
+    last_epoch: int
+    stopped_early: bool
+    best: Path
+    last: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[Any] = field(default_factory=list)  # DecodeFailure of rows that could not be read
+    resumed_from: int = 0
+
+
+class _Tracker:
+    """Early stopping on val AUC (val loss when AUC is undefined): higher score is better."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_auc = float("nan")
+        self.bad_epochs = 0
+
+    def update(self, epoch: int, auc: float, val_loss: float) -> bool:
+        """Record an epoch; returns True when it is the new best."""
+        score = auc if math.isfinite(auc) else (-val_loss if math.isfinite(val_loss) else -math.inf)
+        if score > self.best_score or self.best_epoch == 0:
+            self.best_score, self.best_epoch, self.best_auc, self.bad_epochs = score, epoch, auc, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier per optimiser step: linear warmup to 1, then cosine down to ``min_ratio``."""
+
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def build_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """AdamW or RMSprop (Inception V3 paper: decay 0.9, eps 1.0, momentum 0.9) over ``groups``, each at
+    ``lr × lr_scale``."""
+    param_groups = [
+        {"params": g["params"], "lr": config.lr * float(g.get("lr_scale", 1.0)), "name": g.get("name", "")}
+        for g in groups
+        if g["params"]
+    ]
+    if not param_groups:
+        raise ConfigError(f"mode {config.mode!r} leaves nothing to train")
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            param_groups, lr=config.lr, alpha=0.9, eps=1.0, momentum=0.9, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, *, resume: bool = False, max_epochs: int | None = None) -> TrainResult:
+    """Run (or, with ``resume``, continue) the training described by ``config``.
+
+    ``max_epochs`` stops after that many epochs of *this call* (used to simulate interruptions).
+    Returns a :class:`TrainResult`. Raises :class:`ConfigError` for bad settings or an incompatible
+    resume, :class:`DataError` when a split has no usable image, and the stages' own errors (manifest,
+    checkpoint) as they are.
+    """
+    config.validate()
+    ctx = dist_.setup(config.device)
+    try:
+        return _train(config, ctx, resume, max_epochs)
+    finally:
+        dist_.cleanup(ctx)
+
+
+def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs: int | None) -> TrainResult:
+    run_dir = config.run_dir
+    seed_everything(config.seed)
+    p: Prepared = prepare(config, ctx)
+    saved_path = run_dir / "config.yaml"
+    start_epoch, tracker, history = 0, _Tracker(config.patience), []
+    if resume:
+        if not (run_dir / "last.json").is_file():
+            raise ConfigError("nothing to resume: no 'last' checkpoint in this run folder", run_dir)
+        check_resumable(read_saved(saved_path), config, p.manifest.sha256, saved_path)
+    elif ctx.is_main and (saved_path.exists() or (run_dir / "last.json").exists()):
+        raise ConfigError(
+            "already holds a training run; pass --resume to continue it or choose another --out", run_dir
+        )
+
+    model, ddp = p.model, p.ddp
+    steps_per_epoch = max(1, len(p.train_loader))
+    total = steps_per_epoch * config.epochs
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    optimizer = build_optimizer(config, p.groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, config.min_lr_ratio))
+
+    if resume:
+        start_epoch = p.io.restore(model, optimizer, scheduler, tracker)
+        history = [
+            r for r in runfiles.read_metrics(run_dir / "metrics.csv") if (r.get("epoch") or 0) <= start_epoch
+        ]
+        log.info("resuming after epoch %d of %d", start_epoch, config.epochs)
+    elif ctx.is_main:
+        save_config(config, saved_path, manifest_sha256=p.manifest.sha256, classes=p.classes, task=p.task)
+    dist_.barrier(ctx)
+
+    weight = None
+    if config.imbalance == "weighted":
+        weight = loss_weights(p.train_targets, len(p.classes), p.task).to(ctx.device)
+        log.info("class weights for the loss: %s", [round(float(w), 3) for w in weight])
+    criterion = InceptionLoss(
+        p.task, aux_weight=config.aux_weight, label_smoothing=config.label_smoothing, weight=weight
+    ).to(ctx.device)
+    val_criterion = InceptionLoss(p.task)
+    runner = StepRunner(
+        ddp,
+        optimizer,
+        criterion,
+        device=ctx.device,
+        scheduler=scheduler,
+        precision=config.precision,
+        channels_last=config.channels_last,
+        grad_clip=config.grad_clip,
+        augment=p.augment,
+    )
+    writer = runfiles.tensorboard_writer(run_dir) if (config.tensorboard and ctx.is_main) else None
+    stopped = False
+    last_epoch = start_epoch
+    end = config.epochs if max_epochs is None else min(config.epochs, start_epoch + max_epochs)
+    for epoch in range(start_epoch, end):
+        p.train_sampler.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(config.seed, epoch, 0))  # dropout & co.
+        gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 2))  # augmentation
+        lr_now = optimizer.param_groups[0]["lr"]
+        ddp.train()
+        bar = p.progress_bar(epoch, steps_per_epoch, tracker.best_auc if history else float("nan"))
+        stats = runner.run(bar.wrap(p.train_loader), gen, on_sync=bar.loss)
+        bar.close()
+        loss, main_loss, aux_loss, n_seen = dist_.all_reduce_sum(
+            [
+                stats.loss * stats.samples,
+                stats.main_loss * stats.samples,
+                stats.aux_loss * stats.samples,
+                float(stats.samples),
+            ],
+            ctx,
+        )
+        val_auc, val_loss, val_count = _validate(p, model, val_criterion, config, ctx)
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr_now,
+            "train_loss": loss / n_seen,
+            "train_main_loss": main_loss / n_seen,
+            "train_aux_loss": aux_loss / n_seen,
+            "val_loss": val_loss,
+            "val_auc": val_auc,
+            "val_count": val_count,
+            "seconds": stats.seconds,
+            "img_per_s": n_seen / stats.seconds if stats.seconds else float("nan"),
+        }
+        history.append(row)
+        improved = tracker.update(epoch + 1, val_auc, val_loss)
+        last_epoch = epoch + 1
+        log.info(
+            "epoch %d/%d: train loss %.4f (main %.4f, aux %.4f), val loss %.4f, val AUC %.4f%s, %.1f img/s",
+            epoch + 1,
+            config.epochs,
+            row["train_loss"],
+            row["train_main_loss"],
+            row["train_aux_loss"],
+            val_loss,
+            val_auc,
+            " (best)" if improved else "",
+            row["img_per_s"],
+        )
+        if ctx.is_main:
+            metrics = {k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch + 1}
+            if improved:
+                p.io.save_weights("best", model, metrics)
+            p.io.save_weights("last", model, metrics)
+            p.io.save_state(optimizer, scheduler, tracker, epoch + 1)
+            runfiles.write_metrics(run_dir / "metrics.csv", history)
+            if writer is not None:
+                for k in (
+                    "lr",
+                    "train_loss",
+                    "train_main_loss",
+                    "train_aux_loss",
+                    "val_loss",
+                    "val_auc",
+                    "img_per_s",
+                ):
+                    writer.add_scalar(k, row[k], epoch + 1)
+                writer.flush()
+        dist_.barrier(ctx)
+        if tracker.should_stop:
+            stopped = True
+            log.info("early stopping: val AUC has not improved for %d epochs", tracker.patience)
+            break
+    if writer is not None:
+        writer.close()
+    return TrainResult(
+        run_dir=run_dir,
+        best_epoch=tracker.best_epoch,
+        best_auc=tracker.best_auc,
+        last_epoch=last_epoch,
+        stopped_early=stopped,
+        best=run_dir / "best",
+        last=run_dir / "last",
+        history=history,
+        skipped=p.skipped,
+        resumed_from=start_epoch if resume else 0,
+    )
+
+
+def _validate(
+    p: Prepared, model: torch.nn.Module, criterion: InceptionLoss, config: TrainConfig, ctx: dist_.DistContext
+) -> tuple[float, float, int]:
+    """Val AUC, mean val loss and the number of distinct validation images, over all ranks."""
+    if p.val_loader is None:
+        return float("nan"), float("nan"), 0
+    sampler = p.val_loader.sampler
+    indices = torch.tensor(list(iter(sampler)), dtype=torch.int64)
+    scores, targets, losses = predict(
+        model,
+        p.val_loader,
+        criterion,
+        p.task,
+        device=ctx.device,
+        precision=config.precision,
+        channels_last=config.channels_last,
+    )
+    scores, targets, losses = dist_.gather_predictions(indices, scores, targets, losses, ctx)
+    if len(scores) != len(p.val_loader.dataset):
+        raise DataError(
+            f"validation gathered {len(scores)} predictions for {len(p.val_loader.dataset)} images"
+        )
+    auc = macro_auc(targets.numpy(), scores.numpy(), p.task, p.classes)
+    return auc, float(losses.mean()), len(scores)

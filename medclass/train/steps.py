@@ -1,0 +1,175 @@
+"""The inner training and validation loops: one optimiser step per batch, nothing else.
+
+:class:`StepRunner` is the code path both ``medclass train`` and ``benchmarks/bench_train.py`` time:
+move the batch (channels_last), augment it on its device, forward under autocast, ``main + w × aux``
+loss, backward, clip, step, schedule. Losses are accumulated on the device and read back once per epoch
+(plus every ``sync_every`` steps for the progress bar), so a GPU is never stalled after each step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from medclass.model import MainLogits, autocast_context, forward_train, probabilities
+from medclass.train.objective import InceptionLoss
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class EpochStats:
+    """Means over the epoch's samples, and its speed."""
+
+    loss: float
+    main_loss: float
+    aux_loss: float
+    samples: int
+    steps: int
+    seconds: float
+
+    @property
+    def img_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+class StepRunner:
+    """Runs training steps of ``model`` (possibly DDP-wrapped) with ``optimizer`` and ``criterion``.
+
+    ``scheduler`` is stepped after every optimiser step; ``grad_clip`` > 0 clips the global grad norm of
+    the trainable parameters; ``precision`` is ``bf16`` (autocast) or ``fp32``; ``augment`` (optional)
+    is applied to each batch on the device with the generator given to :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: InceptionLoss,
+        *,
+        device: torch.device,
+        scheduler: Any = None,
+        precision: str = "bf16",
+        channels_last: bool = True,
+        grad_clip: float = 0.0,
+        augment: Augment | None = None,
+        sync_every: int = 10,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.criterion = criterion
+        self.device = device
+        self.scheduler = scheduler
+        self.precision = precision
+        self.channels_last = channels_last
+        self.grad_clip = grad_clip
+        self.augment = augment
+        self.sync_every = sync_every
+        self._params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+
+    def _inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        non_blocking = self.device.type == "cuda"
+        x = x.to(self.device, non_blocking=non_blocking)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=non_blocking)
+
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimiser step on batch ``x`` (N×3×S×S), ``y``. Returns detached (total, main, aux) losses."""
+        x, y = self._inputs(x, y)
+        if self.augment is not None and gen is not None:
+            x = self.augment(x, gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, self.precision):
+            main, aux = forward_train(self.model, x)  # N×C, N×C | None
+        loss, main_loss, aux_loss = self.criterion(main, aux, y)
+        loss.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach(), main_loss.detach(), aux_loss.detach()
+
+    def run(
+        self,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        gen: torch.Generator | None = None,
+        on_sync: Callable[[int, float], None] | None = None,
+    ) -> EpochStats:
+        """Train on every batch of ``batches``; returns the epoch's mean losses and speed.
+
+        ``on_sync(step, running_loss)`` is called every ``sync_every`` steps (progress bars).
+        Raises ``FloatingPointError`` when the loss becomes NaN or infinite.
+        """
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        samples = steps = 0
+        start = time.perf_counter()
+        for x, y in batches:
+            losses = self.step(x, y, gen)
+            n = x.shape[0]
+            totals += torch.stack(losses).double() * n
+            samples += n
+            steps += 1
+            if on_sync is not None and steps % self.sync_every == 0:
+                running = float(totals[0]) / samples
+                _check_finite(running, steps)
+                on_sync(steps, running)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        mean = (totals / max(samples, 1)).tolist()
+        _check_finite(mean[0], steps)
+        return EpochStats(mean[0], mean[1], mean[2], samples, steps, seconds)
+
+
+def _check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"training loss became {loss} by step {step}; lower --lr or check the inputs"
+        )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    criterion: InceptionLoss,
+    task: str,
+    *,
+    device: torch.device,
+    precision: str = "bf16",
+    channels_last: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Main-head scores of every batch in eval mode: ``(scores N×C, targets, per-sample loss N)`` on CPU.
+
+    The model's training flag is restored afterwards; the aux head is not computed.
+    """
+    was_training = model.training
+    model.eval()
+    head = MainLogits(model)
+    scores, targets, losses = [], [], []
+    try:
+        for x, y in batches:
+            x = x.to(device, non_blocking=device.type == "cuda")
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device)
+            with autocast_context(device, precision):
+                logits = head(x)  # N×C
+            losses.append(criterion.per_sample(logits, y).cpu())
+            scores.append(probabilities(logits, task).cpu())
+            targets.append(y.cpu())
+    finally:
+        model.train(was_training)
+    if not scores:
+        return torch.empty(0), torch.empty(0), torch.empty(0)
+    return torch.cat(scores), torch.cat(targets), torch.cat(losses)
