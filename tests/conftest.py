@@ -1,6 +1,6 @@
 """Shared fixtures: where the real data live, and how their absence is handled.
 
-Real-data tests read ``../shared/data`` (next to the checkout) or ``$MEDCLASS_DATA``. On a user's clone
+Real-data tests read ``../shared/data`` (next to the checkout) or ``$MEDCLASS_DATA_ROOT``. On a user's clone
 without it they skip with a reason; under CI (``CI=true``) a missing folder is an error, so real-data
 tests never skip silently there.
 """
@@ -16,14 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
-    env = os.environ.get("MEDCLASS_DATA")
+    env = os.environ.get("MEDCLASS_DATA_ROOT")
     return Path(env) if env else (REPO.parent / "shared" / "data")
 
 
 def _require(path: Path) -> Path:
     if path.exists():
         return path
-    msg = f"real data not found at {path} (set MEDCLASS_DATA to the shared data folder)"
+    msg = f"real data not found at {path} (set MEDCLASS_DATA_ROOT to the shared data folder)"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI=true but {msg}", pytrace=False)
     pytest.skip(msg)
@@ -31,7 +31,7 @@ def _require(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The shared real-data folder (``../shared/data`` or ``$MEDCLASS_DATA``)."""
+    """The shared real-data folder (``../shared/data`` or ``$MEDCLASS_DATA_ROOT``)."""
     return _require(shared_data_dir())
 
 
