@@ -32,11 +32,13 @@ from medclass.metrics import (
     auc_summary,
     auc_with_ci,
     bootstrap_auc,
+    bootstrap_average_auc,
     brier_score,
     calibration,
     choose_threshold,
     compare,
     delong_auc,
+    delong_mean_auc,
     fast_auc,
     midranks,
     operating_point,
@@ -257,6 +259,21 @@ def test_unusable_input_raises_clear_errors():
         roc_auc([0, 1, 0, 1, 1], [0.1, 0.2, 0.3, 0.4])
     with pytest.raises(DataError, match="0/1"):
         roc_auc([0, 2, 1], [0.1, 0.2, 0.3])
+
+
+def test_macro_delong_reduces_to_delong_and_agrees_with_bootstrap():
+    y, s = _toy(n=300)
+    p = 1 / (1 + np.exp(-s))
+    two = delong_mean_auc(np.c_[1 - y, y], np.c_[1 - p, p])
+    one = delong_auc(y, p)
+    assert two.auc == pytest.approx(one.auc) and two.variance == pytest.approx(one.variance, rel=1e-9)
+    rng = np.random.default_rng(5)
+    yi = rng.integers(0, 3, 400)
+    sc = rng.normal(size=(400, 3)) + np.eye(3)[yi]
+    dl = delong_mean_auc(np.eye(3, dtype=int)[yi], sc)
+    boot = bootstrap_average_auc(np.eye(3, dtype=int)[yi], sc, strata=yi, n_bootstrap=500, seed=0).macro
+    assert dl.auc == pytest.approx(boot.estimate)
+    assert abs(dl.ci_low - boot.ci_low) < 0.01 and abs(dl.ci_high - boot.ci_high) < 0.01
 
 
 def test_compare_identical_scores():

@@ -31,6 +31,7 @@ from medclass.metrics.delong import (
     compare,
     delong_auc,
     delong_covariance,
+    delong_mean_auc,
     midranks,
 )
 from medclass.metrics.operating import (
@@ -80,6 +81,7 @@ __all__ = [
     "compare",
     "delong_auc",
     "delong_covariance",
+    "delong_mean_auc",
     "fast_auc",
     "midranks",
     "operating_point",

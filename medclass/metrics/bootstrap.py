@@ -100,7 +100,7 @@ def bootstrap_auc(
         q = neg_s[rng.integers(0, n, n)]
         ranks = midranks(np.concatenate([p, q]))
         reps[b] = (ranks[label].sum() - m * (m + 1) / 2.0) / (m * n)
-        if curves is not None:
+        if curves is not None and grid is not None:
             curves[b] = tpr_at_fpr(p, q, grid)
     lo, hi = percentile_ci(reps, alpha)
     band = None

@@ -21,6 +21,7 @@ for a single AUC (as pROC's ``ci.auc(method="delong")``) and to [-1, 1] for a di
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,4 +182,48 @@ def compare(
         n_pos,
         n_neg,
         alpha,
+    )
+
+
+def delong_mean_auc(
+    y_true: object, y_score: object, *, classes: Sequence[int] | None = None, alpha: float = 0.05
+) -> DeLongResult:
+    """Mean (macro) AUC over the columns of N x K indicators/scores with a DeLong-type CI.
+
+    Each class's DeLong structural components give every case an influence on that class's AUC
+    (``(V10_i - AUC) / sqrt(m (m-1))`` for its positives, ``(V01_j - AUC) / sqrt(n (n-1))`` for its
+    negatives); the variance of the mean is the sum over cases of the squared mean influence. For one
+    class this is exactly DeLong's variance. ``classes`` picks the columns (default: all with both
+    outcomes). Raises DataError on unusable input.
+    """
+    y = np.asarray(y_true)
+    s = np.asarray(y_score, dtype=float)
+    if y.ndim != 2 or y.shape != s.shape:
+        raise ValueError(f"y_true and y_score must both be N x K (got {y.shape} and {s.shape})")
+    cols = [k for k in range(y.shape[1]) if 0 < binary_inputs(y[:, k], s[:, k])[0].sum() < len(y)]
+    used = list(classes) if classes is not None else cols
+    nan = math.nan
+    if not used or any(k not in cols for k in used):
+        warn("macro DeLong CI undefined: a class has one outcome only")
+        return DeLongResult(nan, nan, nan, nan, 0, 0, alpha)
+    influence = np.zeros(len(y))
+    aucs = []
+    for k in used:
+        pos = y[:, k].astype(bool)
+        m, n = int(pos.sum()), int((~pos).sum())
+        if m < 2 or n < 2:
+            warn("macro DeLong CI needs >= 2 positives and >= 2 negatives in every class")
+            return DeLongResult(nan, nan, nan, nan, 0, 0, alpha)
+        auc, v10, v01 = _structural_components(s[:, k][None, :], pos)
+        aucs.append(float(auc[0]))
+        influence[pos] += (v10[0] - auc[0]) / math.sqrt(m * (m - 1))
+        influence[~pos] += (v01[0] - auc[0]) / math.sqrt(n * (n - 1))
+    influence /= len(used)
+    mean_auc = float(np.mean(aucs))
+    var = float(np.sum(influence**2))
+    half = float(norm.ppf(1 - alpha / 2)) * math.sqrt(var)
+    n_pos = int(y[:, used].sum())  # case-class pairs
+    n_neg = len(y) * len(used) - n_pos
+    return DeLongResult(
+        mean_auc, var, max(0.0, mean_auc - half), min(1.0, mean_auc + half), n_pos, n_neg, alpha
     )
