@@ -235,12 +235,16 @@ def _layers(shape: tuple[int, int], a: Anatomy, rng: np.random.Generator) -> tup
 
 
 def _upsample(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if x.shape == shape:
-        return x
-    zoom = (shape[0] / x.shape[0], shape[1] / x.shape[1])
-    out = ndimage.zoom(x, zoom, order=1, mode="nearest", grid_mode=True)
-    assert out.shape == shape, (out.shape, shape)
-    return out
+    """Bilinear resize of a 2D float32 array to ``shape`` (pixel-area centres aligned, edges clamped)."""
+    for axis, n in enumerate(shape):
+        m = x.shape[axis]
+        pos = np.clip((np.arange(n, dtype=np.float32) + 0.5) * (m / n) - 0.5, 0, m - 1)
+        i0 = pos.astype(np.intp)
+        i1 = np.minimum(i0 + 1, m - 1)
+        w = (pos - i0).reshape((-1, 1) if axis == 0 else (1, -1))
+        a, b = np.take(x, i0, axis=axis), np.take(x, i1, axis=axis)
+        x = a + (b - a) * w
+    return x
 
 
 def _half(shape: tuple[int, int]) -> tuple[int, int]:
@@ -366,8 +370,9 @@ def _draw_encoding(
         int(f * n) for f, n in zip(rng.uniform(0.015, 0.05, 4), (rows, rows, cols, cols), strict=True)
     )
     border = widths if rng.random() < 0.3 else None
-    compressed = len(syntaxes) > 1 and rng.random() < compressed_fraction
-    syntax = syntaxes[1 + rng.integers(len(syntaxes) - 1)] if compressed else syntaxes[0]
+    # a fixed number of draws whatever the arguments, so that the same seed gives the same phantoms
+    compressed, pick = rng.random() < compressed_fraction and len(syntaxes) > 1, rng.random()
+    syntax = syntaxes[1 + int(pick * (len(syntaxes) - 1))] if compressed else syntaxes[0]
     ext = ".dcm" if rng.random() < 0.6 else ""
     view = "PA" if rng.random() < 0.7 else "AP"
     return _Encoding(rows, cols, modality, photometric, 16 if bits > 8 else 8, bits, *rescale, lo, hi,
@@ -488,7 +493,7 @@ def _check_args(n_patients: int, images_per_patient: tuple[int, int], positive_f
 
     lo, hi = images_per_patient
     if n_patients < 1 or not 1 <= lo <= hi:
-        raise ConfigError(f"need n_patients >= 1 and 1 <= images_per_patient[0] <= [1]; got {n_patients}, {images_per_patient}")  # fmt: skip
+        raise ConfigError(f"need n_patients >= 1 and 1 <= images_per_patient[0] <= images_per_patient[1]; got {n_patients}, {images_per_patient}")  # fmt: skip
     if not 0 <= positive_fraction <= 1:
         raise ConfigError(f"positive_fraction must be within 0..1, got {positive_fraction}")
     if not sizes or any(len(s) != 2 or min(s) < 32 for s in sizes):
