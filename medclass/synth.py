@@ -201,8 +201,9 @@ def place_lesion(lungs: np.ndarray, rng: np.random.Generator, radius: float) -> 
     ok = np.argwhere(depth >= 0.9 * radius + step)
     if len(ok) == 0:
         ok = np.argwhere(depth == depth.max())
-    row, col = ok[rng.integers(len(ok))] * step
-    return Lesion(float(col), float(row), float(radius))
+    row, col = (ok[rng.integers(len(ok))] + rng.uniform(-0.5, 0.5, 2)) * step  # off the coarse grid
+    row, col = min(max(row, 0.0), lungs.shape[0] - 1.0), min(max(col, 0.0), lungs.shape[1] - 1.0)
+    return Lesion(round(float(col), 2), round(float(row), 2), round(float(radius), 2))
 
 
 def _layers(shape: tuple[int, int], a: Anatomy, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +334,11 @@ _RESCALES = ((1.0, 0.0), (1.0, 0.0), (0.5, 0.0), (2.0, -1024.0), (1.0, -100.0))
 
 
 @dataclass(frozen=True)
-class _Encoding:
-    """How one image is stored; drawn from the header stream only, so it is independent of the label."""
+class Encoding:
+    """How one image is stored (drawn from the header stream only, so independent of the label).
+
+    ``lo_frac``/``hi_frac``: the stored range used for display 0..1, as fractions of 2**bits_stored - 1.
+    """
 
     rows: int
     cols: int
@@ -357,8 +361,8 @@ def _draw_encoding(
     sizes: Sequence[tuple[int, int]],
     syntaxes: Sequence[str],
     compressed_fraction: float,
-) -> _Encoding:
-    rows, cols = (int(x) for x in sizes[rng.integers(len(sizes))])
+) -> Encoding:
+    rows, cols = (int(x) for x in sizes[int(rng.random() * len(sizes))])
     modality = "DX" if rng.random() < 0.5 else "CR"
     bits = int(rng.choice([8, 12, 12, 14, 16]))
     rescale = _RESCALES[rng.integers(len(_RESCALES))]
@@ -375,11 +379,11 @@ def _draw_encoding(
     syntax = syntaxes[1 + int(pick * (len(syntaxes) - 1))] if compressed else syntaxes[0]
     ext = ".dcm" if rng.random() < 0.6 else ""
     view = "PA" if rng.random() < 0.7 else "AP"
-    return _Encoding(rows, cols, modality, photometric, 16 if bits > 8 else 8, bits, *rescale, lo, hi,
+    return Encoding(rows, cols, modality, photometric, 16 if bits > 8 else 8, bits, *rescale, lo, hi,
                      border, syntax, ext, view)  # fmt: skip
 
 
-def to_stored(display: np.ndarray, enc: _Encoding) -> tuple[np.ndarray, float, float, int | None]:
+def to_stored(display: np.ndarray, enc: Encoding) -> tuple[np.ndarray, float, float, int | None]:
     """Map display values (0..1) to stored values; returns (stored, window center, width, padding value).
 
     MONOCHROME2 stores ``lo + d (hi - lo)``; MONOCHROME1 stores ``M - that`` (M = 2**BitsStored - 1), so
@@ -402,9 +406,9 @@ def to_stored(display: np.ndarray, enc: _Encoding) -> tuple[np.ndarray, float, f
     if enc.border is None:
         return stored, center, width, None
     t, b, left, right = enc.border
-    stored[:t], stored[stored.shape[0] - b :], stored[:, :left], stored[:, stored.shape[1] - right :] = (
-        pad,
-    ) * 4
+    inside = np.zeros(stored.shape, bool)
+    inside[t : stored.shape[0] - b, left : stored.shape[1] - right] = True
+    stored[~inside] = pad
     return stored, center, width, pad
 
 
@@ -424,7 +428,7 @@ class _Ids:
     instance: int
 
 
-def _dataset(stored: np.ndarray, enc: _Encoding, ids: _Ids, center: float, width: float, pad: int | None,
+def _dataset(stored: np.ndarray, enc: Encoding, ids: _Ids, center: float, width: float, pad: int | None,
              extra: dict[str, str]):  # fmt: skip
     """A complete Part 10 dataset (File Meta, preamble) for one CR or DX image, uncompressed."""
     from pydicom import uid
@@ -461,7 +465,7 @@ def _dataset(stored: np.ndarray, enc: _Encoding, ids: _Ids, center: float, width
     ds.Rows, ds.Columns = stored.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = enc.bits_allocated, enc.bits_stored, enc.bits_stored - 1
     ds.PixelRepresentation = 0
-    spacing = [round(0.139 * 2048 / max(stored.shape) * 0.5, 4)] * 2
+    spacing = [round(400.0 / min(stored.shape), 4)] * 2  # mm: a 40 cm field of view across the short side
     ds.ImagerPixelSpacing = spacing
     if enc.modality == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"
@@ -603,7 +607,7 @@ def _write_truth(records: list[SynthRecord], seed: int, json_path: Path, csv_pat
     images = []
     rows = []
     for r in records:
-        les = None if r.lesion is None else {"x": r.lesion.cx, "y": r.lesion.cy, "r": round(r.lesion.r, 3)}
+        les = None if r.lesion is None else {"x": r.lesion.cx, "y": r.lesion.cy, "r": r.lesion.r}
         images.append({"path": r.path, "patient_id": r.patient_id, "label": r.label, "rows": r.rows,
                        "cols": r.cols, "lesion": les})  # fmt: skip
         rows.append({"path": r.path, "patient_id": r.patient_id, "study_id": r.study_uid, "label": r.label,
