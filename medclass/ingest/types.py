@@ -85,3 +85,28 @@ class Image:
     @property
     def is_color(self) -> bool:
         return self.pixels.ndim == 3
+
+
+@dataclass(frozen=True)
+class Source:
+    """One thing :func:`medclass.ingest.load` can turn into images, found by :func:`~medclass.ingest.discover`.
+
+    ``format`` is ``dicom`` (one file, maybe multi-frame), ``dicom-series`` (single-frame slices of one
+    series, ``paths`` sorted by position along the slice normal, ``positions`` in mm when known),
+    ``nifti``, ``png``, ``jpeg``, ``npz``, or ``unknown`` (loading raises the error that says why).
+    """
+
+    paths: tuple[str, ...]
+    format: str
+    series_uid: str = ""
+    positions: tuple[float, ...] = ()
+
+    @property
+    def path(self) -> str:
+        """The first (or only) file."""
+        return self.paths[0]
+
+    def __str__(self) -> str:
+        if len(self.paths) == 1:
+            return self.paths[0]
+        return f"{self.paths[0]} (+{len(self.paths) - 1} slices of series {self.series_uid})"

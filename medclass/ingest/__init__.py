@@ -1,0 +1,131 @@
+"""Ingestion: files (DICOM, NIfTI, PNG/JPEG, MedMNIST npz) → :class:`Image` (float32 pixels + metadata).
+
+Public API::
+
+    read(path, *, slice_policy="all") -> list[Image]      # one file
+    read_frame(path, index) -> Image                       # one frame/slice of one file
+    read_meta(path) -> ImageMeta                           # header only
+    discover(paths) -> list[Source]                        # folders walked, DICOM series grouped
+    load(source, *, slice_policy="all") -> list[Image]
+    frames(path_or_source) -> Frames                       # lazy sequence of the images
+
+Formats are recognised by content (:func:`sniff`); readers live in :data:`READERS` (name → reader),
+slice policies in :data:`SLICE_POLICIES` (plus ``index:N``). Pixel semantics are documented in
+:mod:`medclass.ingest.dicom`, orientation of NIfTI slices in :mod:`medclass.ingest.nifti`. Every failure
+is a :class:`~medclass.errors.InputError` subclass naming the file. ``max_bytes`` (default 1 GiB, or
+``$MEDCLASS_MAX_IMAGE_BYTES``) bounds what a header may declare; it is checked before decoding.
+"""
+
+from __future__ import annotations
+
+import os
+
+from medclass.errors import ConfigError
+from medclass.ingest.base import DEFAULT_MAX_BYTES, Frames, Reader, max_image_bytes
+from medclass.ingest.dicom import DicomReader
+from medclass.ingest.discover import discover
+from medclass.ingest.image import PilReader
+from medclass.ingest.nifti import NiftiReader
+from medclass.ingest.npz import NpzReader
+from medclass.ingest.policies import SLICE_POLICIES, SlicePolicy, get_slice_policy
+from medclass.ingest.series import SeriesFrames
+from medclass.ingest.sniff import sniff
+from medclass.ingest.types import Image, ImageMeta, Source, VoiLut, Window
+
+PathLike = str | os.PathLike[str]
+
+#: format name → reader. Add a format by registering a :class:`Reader` subclass here.
+READERS: dict[str, Reader] = {
+    "dicom": DicomReader(),
+    "nifti": NiftiReader(),
+    "png": PilReader("png"),
+    "jpeg": PilReader("jpeg"),
+    "npz": NpzReader(),
+}
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "READERS",
+    "SLICE_POLICIES",
+    "Frames",
+    "Image",
+    "ImageMeta",
+    "Reader",
+    "SlicePolicy",
+    "Source",
+    "VoiLut",
+    "Window",
+    "discover",
+    "frames",
+    "get_reader",
+    "get_slice_policy",
+    "load",
+    "max_image_bytes",
+    "read",
+    "read_frame",
+    "read_meta",
+    "sniff",
+]
+
+
+def get_reader(name: str) -> Reader:
+    """The reader registered as ``name``; :class:`ConfigError` listing the valid names otherwise."""
+    try:
+        return READERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown reader {name!r}; valid: {', '.join(READERS)}") from None
+
+
+def frames(item: PathLike | Source, *, max_bytes: int | None = None) -> Frames:
+    """The lazy frame sequence of a file or :class:`Source` (nothing decoded until indexed).
+
+    Raises the :class:`~medclass.errors.InputError` subclass that says why the file is unusable.
+    """
+    if isinstance(item, Source):
+        if item.format == "dicom-series":
+            return SeriesFrames(item, limit=max_bytes)
+        item = item.path
+    path = os.fspath(item)
+    return get_reader(sniff(path)).open(path, limit=max_bytes)
+
+
+def load(
+    source: Source, *, slice_policy: str | SlicePolicy = "all", max_bytes: int | None = None
+) -> list[Image]:
+    """The images of ``source`` chosen by ``slice_policy`` (see :data:`SLICE_POLICIES`).
+
+    Raises :class:`ConfigError` for an unknown policy, an :class:`~medclass.errors.InputError` subclass
+    for a bad file.
+    """
+    policy = get_slice_policy(slice_policy)
+    fr = frames(source, max_bytes=max_bytes)
+    return fr.take(policy(fr))
+
+
+def read(
+    path: PathLike, *, slice_policy: str | SlicePolicy = "all", max_bytes: int | None = None
+) -> list[Image]:
+    """The images of one file (every frame by default; one per slice of a NIfTI volume or Siemens mosaic).
+
+    Raises :class:`ConfigError` for an unknown policy, an :class:`~medclass.errors.InputError` subclass
+    for a bad file (see :mod:`medclass.errors`).
+    """
+    policy = get_slice_policy(slice_policy)
+    fr = frames(path, max_bytes=max_bytes)
+    return fr.take(policy(fr))
+
+
+def read_frame(path: PathLike, index: int, *, max_bytes: int | None = None) -> Image:
+    """Frame/slice ``index`` of one file (0 for a plain 2D image); only that frame is decoded when the
+    format allows it. Raises :class:`ConfigError` when ``index`` is out of range.
+    """
+    return frames(path, max_bytes=max_bytes)[index]
+
+
+def read_meta(path: PathLike, *, max_bytes: int | None = None) -> ImageMeta:
+    """Metadata of the first frame of one file, from the header only (pixels are not decoded).
+
+    Raises the same errors as :func:`read` for a file that is not an image (e.g. :class:`NoImageError`).
+    """
+    p = os.fspath(path)
+    return get_reader(sniff(p)).read_meta(p, limit=max_bytes)

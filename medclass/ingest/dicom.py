@@ -1,0 +1,417 @@
+"""DICOM files → float32 frames, with pydicom as the only decoder.
+
+Pixel semantics, in order, per frame:
+
+1. pydicom decodes (``raw=False``): it masks the unused high bits and sign-extends signed data for
+   native, RLE and JPEG syntaxes (``correct_unused_bits``) and fixes JPEG 2000/JPEG-LS signedness, and it
+   converts YBR_FULL/YBR_FULL_422 to RGB (JPEG 2000 decoders already return RGB for YBR_ICT/YBR_RCT).
+   We do not mask again.
+2. Padding: stored values equal to Pixel Padding Value (or within it and Pixel Padding Range Limit)
+   become False in ``mask``; compared on stored values, before the modality LUT.
+3. Modality LUT: Modality LUT Sequence if present (pydicom's ``apply_modality_lut``), else rescale
+   slope/intercept of the frame (Pixel Value Transformation functional group for enhanced objects).
+4. Colour: PALETTE COLOR through pydicom's ``apply_color_lut``; RGB scaled to 0..255 whatever the bit
+   depth. MONOCHROME1 is *not* inverted (``meta.photometric`` says so; preprocess inverts for display).
+5. Siemens MOSAIC (one 2D image holding a volume's slices as tiles) is split into its slices.
+
+Every pydicom/plugin exception is turned into a :mod:`medclass.errors` error naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medclass.errors import (
+    CorruptFileError,
+    InvalidPixelDataError,
+    MedclassError,
+    MissingDecoderError,
+    NoImageError,
+    UnreadableFileError,
+    UnsupportedFormatError,
+)
+from medclass.ingest import dicom_meta as dm
+from medclass.ingest.base import Frames, Reader, check_readable, check_size, finite_or_mask
+from medclass.ingest.types import Image, ImageMeta
+
+log = logging.getLogger(__name__)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_INSTALL_HINT = "install pylibjpeg-libjpeg (JPEG, JPEG-LS), pylibjpeg-openjpeg (JPEG 2000) or python-gdcm"
+
+
+def dcmread(path: str, *, header_only: bool = False) -> Any:
+    """Read a DICOM file with pydicom; pixel data are deferred when ``header_only``.
+
+    Raises :class:`UnreadableFileError`, :class:`UnsupportedFormatError` (not DICOM) or
+    :class:`CorruptFileError` (truncated or malformed); pydicom's own exceptions never escape.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    p = check_readable(path)
+    try:
+        with _pydicom_warnings_to_log(path):
+            try:
+                ds = pydicom.dcmread(p, defer_size="4 KB" if header_only else None)
+            except InvalidDicomError:
+                # no preamble/"DICM": accept it only if it starts like a raw DICOM data set
+                from medclass.ingest.base import head_bytes
+                from medclass.ingest.sniff import _looks_like_raw_dicom
+
+                if not _looks_like_raw_dicom(head_bytes(p, 8)):
+                    raise
+                ds = pydicom.dcmread(p, defer_size="4 KB" if header_only else None, force=True)
+            _ensure_transfer_syntax(ds)
+            return ds
+    except InvalidDicomError as exc:
+        raise UnsupportedFormatError(f"not a DICOM file ({_one_line(exc)})", path) from exc
+    except PermissionError:
+        raise UnreadableFileError("permission denied", path) from None
+    except (EOFError, OSError) as exc:
+        raise CorruptFileError(f"truncated or unreadable DICOM ({_one_line(exc)})", path) from exc
+    except Exception as exc:  # pydicom raises ValueError/KeyError/struct.error on broken headers
+        raise CorruptFileError(f"malformed DICOM ({type(exc).__name__}: {_one_line(exc)})", path) from exc
+
+
+@contextlib.contextmanager
+def _pydicom_warnings_to_log(path: str | Path) -> Iterator[None]:
+    """pydicom's warnings about one file (VR guesses, excess padding) go to the debug log with its name."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        log.debug("%s: %s", path, w.message)
+
+
+def _ensure_transfer_syntax(ds: Any) -> None:
+    """A data set read without file meta gets the transfer syntax it was actually read with."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    if implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("…" if len(text) > 200 else "")
+
+
+def _has_pixels(ds: Any) -> bool:
+    return any(k in ds for k in _PIXEL_KEYWORDS)
+
+
+def check_is_image(ds: Any, path: str) -> None:
+    """Raise :class:`NoImageError` unless ``ds`` is a diagnostic image with pixel data."""
+    sop = str(ds.get("SOPClassUID", "") or "")
+    if not sop:
+        sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    reason = dm.non_image_reason(sop)
+    if reason:
+        raise NoImageError(reason, path)
+    if not _has_pixels(ds):
+        raise NoImageError(f"no image (SOP class {dm.sop_class_name(sop)}, no Pixel Data)", path)
+
+
+def _declared_shape(ds: Any, path: str) -> tuple[tuple[int, ...], float]:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (AttributeError, TypeError, ValueError) as exc:
+        missing = [k for k in ("Rows", "Columns") if k not in ds]
+        what = f"no {' or '.join(missing)}" if missing else _one_line(exc)
+        raise CorruptFileError(f"has pixel data but the image header is incomplete ({what})", path) from None
+    if rows <= 0 or cols <= 0:
+        raise InvalidPixelDataError(f"declared size {rows}x{cols} is empty", path)
+    frames = dm.number_of_frames(ds)
+    shape = (frames, rows, cols) + ((samples,) if samples > 1 else ())
+    return shape, max(bits, 1) / 8
+
+
+def _decoder(ds: Any, path: str) -> Any:
+    from pydicom.pixels import get_decoder
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:
+        raise CorruptFileError("no Transfer Syntax UID in the file meta", path)
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise MissingDecoderError(
+            f"transfer syntax {ts.name} ({ts}) has no pixel decoder in pydicom; convert the file "
+            "(e.g. dcmdjpeg/gdcmconv) or install a plugin that supports it",
+            path,
+        ) from None
+    if not decoder.is_available:
+        missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items())
+        raise MissingDecoderError(f"{ts.name} pixel data needs a decoder; {_INSTALL_HINT} ({missing})", path)
+    return decoder
+
+
+def _decode(ds: Any, path: str, index: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decoded stored values (one frame or all) and pydicom's pixel properties after processing."""
+    from pydicom.pixels.utils import as_pixel_options
+
+    decoder = _decoder(ds, path)
+    try:
+        with _pydicom_warnings_to_log(path):
+            opts = as_pixel_options(ds)
+            arr, props = decoder.as_array(ds, index=index, raw=False, **opts)
+    except MemoryError:
+        raise
+    except Exception as exc:  # plugins raise RuntimeError/ValueError for broken or truncated data
+        msg = _one_line(exc)
+        if "missing dependencies" in msg or "plugins are missing" in msg:
+            raise MissingDecoderError(
+                f"cannot decode {ds.file_meta.TransferSyntaxUID.name}; {_INSTALL_HINT}", path
+            ) from exc
+        raise CorruptFileError(f"pixel data cannot be decoded ({msg})", path) from exc
+    return arr, props
+
+
+def padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
+    """False where ``stored`` equals Pixel Padding Value (or lies in the padding range); None if no padding."""
+    pad = ds.get("PixelPaddingValue")
+    if pad is None or stored.ndim != 2:
+        return None
+    pad = int(pad)
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        padded = stored == pad
+    else:
+        lo, hi = sorted((pad, int(limit)))
+        padded = (stored >= lo) & (stored <= hi)
+    if not padded.any():
+        return None
+    return ~padded
+
+
+def to_modality(ds: Any, index: int, stored: np.ndarray) -> np.ndarray:
+    """Stored values of frame ``index`` → modality values (float32)."""
+    hdr = dm.frame_header(ds, index)
+    if hdr.has_modality_lut_seq:
+        from pydicom.pixels import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    out = stored.astype(np.float32)
+    if hdr.slope != 1.0:
+        out *= np.float32(hdr.slope)
+    if hdr.intercept != 0.0:
+        out += np.float32(hdr.intercept)
+    return out
+
+
+def to_rgb(ds: Any, arr: np.ndarray, photometric_out: str, path: str) -> np.ndarray:
+    """A colour frame → H×W×3 float32 RGB in 0..255."""
+    from pydicom.pixels import apply_color_lut, convert_color_space
+
+    if photometric_out == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(arr, ds)
+        except Exception as exc:
+            raise CorruptFileError(f"PALETTE COLOR lookup table unusable ({_one_line(exc)})", path) from exc
+        top = 255.0 if rgb.dtype == np.uint8 else 65535.0
+        return (rgb.astype(np.float32) * np.float32(255.0 / top)).astype(np.float32)
+    if photometric_out in ("YBR_FULL", "YBR_FULL_422"):
+        arr = convert_color_space(arr, photometric_out, "RGB")
+    elif photometric_out != "RGB":
+        raise InvalidPixelDataError(f"colour space {photometric_out} is not supported", path)
+    bits = int(ds.get("BitsStored", 8) or 8)
+    out = arr.astype(np.float32)
+    if bits > 8:
+        out *= np.float32(255.0 / (2**bits - 1))
+    return out
+
+
+class DicomFrames(Frames):
+    """The frames of one DICOM file (a Siemens MOSAIC gives one frame per tile)."""
+
+    def __init__(self, path: str, ds: Any, *, limit: int | None = None) -> None:
+        check_is_image(ds, path)
+        shape, nbytes = _declared_shape(ds, path)
+        check_size(path, shape, nbytes, limit)
+        self.ds = ds
+        self.shape = shape
+        self.mosaic = _mosaic_layout(ds, path) if shape[0] == 1 and len(shape) == 3 else None
+        super().__init__(path, self.mosaic.n if self.mosaic else shape[0])
+        self._all: tuple[np.ndarray, dict[str, Any]] | None = None
+
+    def meta(self, index: int) -> ImageMeta:
+        i = self._check(index)
+        if self.mosaic:
+            return self.mosaic.meta(self.ds, self.path, i, self.shape)
+        return dm.build_meta(self.ds, self.path, index=i, n_frames=self.n, original_shape=self.shape)
+
+    def _get_many(self, indices: list[int]) -> list[Image]:
+        try:
+            with _pydicom_warnings_to_log(self.path):
+                if self.mosaic or (len(indices) > 1 and self._all is None):
+                    self._decode_all()
+                return [self._get(i) for i in indices]
+        except (MedclassError, MemoryError):
+            raise
+        except Exception as exc:  # a header value the pixel pipeline cannot use
+            raise CorruptFileError(
+                f"unusable pixel module ({type(exc).__name__}: {_one_line(exc)})", self.path
+            ) from exc
+
+    def _decode_all(self) -> None:
+        if self._all is None:
+            arr, props = _decode(self.ds, self.path, None)
+            if self.shape[0] == 1 or self.mosaic:
+                arr = arr[None]
+            self._all = (arr, props)
+
+    def _get(self, index: int) -> Image:
+        if self._all is not None:
+            arr, props = self._all
+            stored = arr[0] if self.mosaic else arr[index]
+        else:
+            stored, props = _decode(self.ds, self.path, index)
+        if self.mosaic:
+            stored = self.mosaic.tile(stored, index)
+        frame = 0 if self.mosaic else index
+        photometric = str(
+            props.get("photometric_interpretation", self.ds.get("PhotometricInterpretation", ""))
+        )
+        if stored.ndim == 3 or photometric == "PALETTE COLOR":
+            pixels = to_rgb(self.ds, stored, photometric, self.path)
+            mask = None
+        else:
+            mask = padding_mask(self.ds, stored)
+            pixels = to_modality(self.ds, frame, stored)
+        pixels, mask = finite_or_mask(pixels, mask, self.path)
+        return Image(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=self.meta(index), mask=mask)
+
+
+class _Mosaic:
+    """Where the tiles of a Siemens MOSAIC are, and their slice positions."""
+
+    def __init__(self, n: int, tile_rows: int, tile_cols: int, positions: list[float] | None) -> None:
+        self.n = n
+        self.tile_rows = tile_rows
+        self.tile_cols = tile_cols
+        self.positions = positions
+
+    def tile(self, arr: np.ndarray, index: int) -> np.ndarray:
+        per_row = arr.shape[1] // self.tile_cols
+        r, c = divmod(index, per_row)
+        return arr[
+            r * self.tile_rows : (r + 1) * self.tile_rows, c * self.tile_cols : (c + 1) * self.tile_cols
+        ]
+
+    def meta(self, ds: Any, path: str, index: int, shape: tuple[int, ...]) -> ImageMeta:
+        pos = self.positions[index] if self.positions else None
+        return dm.build_meta(ds, path, index=index, n_frames=self.n, original_shape=shape, position=pos)
+
+
+def _mosaic_layout(ds: Any, path: str) -> _Mosaic | None:
+    """The tile layout of a Siemens MOSAIC image (None for any other image).
+
+    The slice count comes from the CSA image header's NumberOfImagesInMosaic; without it, every tile
+    of the grid implied by Acquisition Matrix is taken. Slice positions come from nibabel's mosaic
+    wrapper (mosaic-corrected Image Position along the CSA slice normal).
+    """
+    if "MOSAIC" not in [str(v).upper() for v in (ds.get("ImageType") or [])]:
+        return None
+    n = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # nibabel.nicom warns that it is experimental
+            from nibabel.nicom import csareader
+
+        csa = csareader.get_csa_header(ds, "image")
+        if csa is not None:
+            n = csareader.get_scalar(csa, "NumberOfImagesInMosaic")
+    except Exception as exc:  # a malformed private CSA header: fall back to the acquisition matrix
+        log.debug("%s: CSA header unreadable (%s)", path, exc)
+    acq = [int(v) for v in (ds.get("AcquisitionMatrix") or []) if int(v) > 0]
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if n:
+        per_row = math.ceil(math.sqrt(int(n)))
+        tr, tc = rows // per_row, cols // per_row
+    elif len(acq) == 2:
+        tr, tc = acq[0], acq[1]
+        n = (rows // tr) * (cols // tc)
+    else:
+        log.warning("%s: MOSAIC image without NumberOfImagesInMosaic or AcquisitionMatrix: kept whole", path)
+        return None
+    if tr <= 0 or tc <= 0 or rows % tr or cols % tc:
+        raise InvalidPixelDataError(f"MOSAIC of {n} tiles does not fit a {rows}x{cols} image", path)
+    return _Mosaic(int(n), tr, tc, _mosaic_positions(ds, int(n)))
+
+
+def _mosaic_positions(ds: Any, n: int) -> list[float] | None:
+    try:
+        from nibabel.nicom import dicomwrappers
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # nibabel calls its DICOM wrappers experimental
+            w = dicomwrappers.wrapper_from_data(ds)
+            normal = np.asarray(w.slice_normal, dtype=float)
+            first = float(np.dot(np.asarray(w.image_position, dtype=float), normal))
+        step = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 0)
+    except Exception as exc:
+        log.debug("mosaic positions unavailable (%s)", exc)
+        return None
+    if not step:
+        return None
+    return [first + k * step for k in range(n)]
+
+
+class DicomReader(Reader):
+    """DICOM by content (preamble or not, any extension)."""
+
+    format = "dicom"
+
+    def open(self, path: str, *, limit: int | None = None) -> Frames:
+        ds = dcmread(path)
+        try:
+            with _pydicom_warnings_to_log(path):
+                return DicomFrames(str(path), ds, limit=limit)
+        except MedclassError:
+            raise
+        except Exception as exc:  # a header value pydicom cannot parse
+            raise CorruptFileError(
+                f"malformed DICOM header ({type(exc).__name__}: {_one_line(exc)})", path
+            ) from exc
+
+    def read_meta(self, path: str, *, limit: int | None = None) -> ImageMeta:
+        ds = dcmread(path, header_only=True)
+        try:
+            with _pydicom_warnings_to_log(path):
+                return self._meta(ds, str(path))
+        except MedclassError:
+            raise
+        except Exception as exc:
+            raise CorruptFileError(
+                f"malformed DICOM header ({type(exc).__name__}: {_one_line(exc)})", path
+            ) from exc
+
+    def _meta(self, ds: Any, path: str) -> ImageMeta:
+        check_is_image(ds, path)
+        shape, _ = _declared_shape(ds, path)
+        mosaic = _mosaic_layout(ds, path) if shape[0] == 1 and len(shape) == 3 else None
+        if mosaic:
+            return mosaic.meta(ds, path, 0, shape)
+        return dm.build_meta(ds, path, index=0, n_frames=shape[0], original_shape=shape)

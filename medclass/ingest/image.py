@@ -1,0 +1,112 @@
+"""PNG and JPEG files via Pillow → one grey (H×W) or RGB (H×W×3) float32 image.
+
+Values are kept as stored: 8-bit grey 0..255, 16-bit grey PNG 0..65535 (``bits_stored`` 16), RGB
+0..255. An RGB file stays RGB even when its three channels are equal (``meta.photometric`` is ``RGB``;
+the preprocessor decides what to do with it). Palette, grey+alpha and RGBA images drop the alpha
+channel; CMYK becomes RGB. The EXIF orientation tag is applied, so pixels look as a viewer shows them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from medclass.errors import CorruptFileError, ImageTooLargeError, InvalidPixelDataError, MedclassError
+from medclass.ingest.base import Frames, ListFrames, Reader, check_readable, check_size
+from medclass.ingest.types import Image, ImageMeta
+
+_BITS = {
+    "1": 1,
+    "L": 8,
+    "P": 8,
+    "LA": 8,
+    "RGB": 8,
+    "RGBA": 8,
+    "CMYK": 8,
+    "YCbCr": 8,
+    "I;16": 16,
+    "I;16B": 16,
+    "I;16L": 16,
+}
+
+
+def _open(path: str):
+    from PIL import Image as PILImage
+
+    p = check_readable(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            return PILImage.open(p)
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image dimensions too large ({exc})", path) from None
+    except Exception as exc:  # UnidentifiedImageError, OSError
+        raise CorruptFileError(f"cannot open image ({' '.join(str(exc).split())[:160]})", path) from exc
+
+
+def _meta(path: str, fmt: str, photometric: str, shape: tuple[int, ...], bits: int) -> ImageMeta:
+    return ImageMeta(
+        source=str(path),
+        format=fmt,
+        photometric=photometric,
+        original_shape=shape,
+        bits_stored=bits,
+    )
+
+
+def _photometric(mode: str) -> str:
+    return "MONOCHROME2" if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else "RGB"
+
+
+class PilReader(Reader):
+    """PNG/JPEG (and anything Pillow opens that :func:`~medclass.ingest.sniff.sniff` let through)."""
+
+    def __init__(self, fmt: str) -> None:
+        self.format = fmt
+
+    def read_meta(self, path: str, *, limit: int | None = None) -> ImageMeta:
+        im = _open(path)
+        with im:
+            w, h = im.size
+            photometric = _photometric(im.mode)
+            shape = (h, w) if photometric == "MONOCHROME2" else (h, w, 3)
+            return _meta(path, self.format, photometric, shape, _BITS.get(im.mode, 16))
+
+    def open(self, path: str, *, limit: int | None = None) -> Frames:
+        from PIL import ImageOps
+
+        im = _open(path)
+        with im:
+            w, h = im.size
+            check_size(path, (h, w, 3), 1, limit)
+            try:
+                im = ImageOps.exif_transpose(im) or im
+                mode = im.mode
+                if mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGB")
+                elif mode == "LA" or mode == "1":
+                    im = im.convert("L")
+                arr = np.asarray(im)
+            except MedclassError:
+                raise
+            except Exception as exc:  # truncated data shows up here, at load time
+                raise CorruptFileError(
+                    f"image data cannot be decoded ({' '.join(str(exc).split())[:160]})", path
+                ) from exc
+        bits = _BITS.get(mode, 16)
+        if arr.ndim == 3:
+            arr = arr[..., :3]
+            photometric = "RGB"
+        elif arr.ndim == 2:
+            photometric = "MONOCHROME2"
+            if arr.dtype == np.uint16 or (arr.dtype == np.int32 and arr.max(initial=0) > 255):
+                bits = 16
+        else:
+            raise InvalidPixelDataError(f"unexpected image array shape {arr.shape}", path)
+        pixels = arr.astype(np.float32)
+        if not np.isfinite(pixels).all():
+            raise InvalidPixelDataError("non-finite pixel values", path)
+        meta = _meta(path, self.format, photometric, tuple(arr.shape), bits)
+        image = Image(pixels=pixels, meta=meta)
+        return ListFrames(str(path), 1, lambda _i: image)
