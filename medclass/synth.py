@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from pydicom import uid
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from medclass.errors import ConfigError
@@ -319,16 +323,12 @@ def make_lesion_image(
 
 
 # --- files ------------------------------------------------------------------------------------------
-def _syntax_table() -> dict[str, str]:
-    from pydicom import uid
-
-    return {
-        "explicit": uid.ExplicitVRLittleEndian,
-        "implicit": uid.ImplicitVRLittleEndian,
-        "rle": uid.RLELossless,
-        "jpeg2000": uid.JPEG2000Lossless,
-    }
-
+TRANSFER_SYNTAXES: dict[str, uid.UID] = {  # name -> transfer syntax the files may be written in
+    "explicit": uid.ExplicitVRLittleEndian,
+    "implicit": uid.ImplicitVRLittleEndian,
+    "rle": uid.RLELossless,
+    "jpeg2000": uid.JPEG2000Lossless,
+}
 
 _RESCALES = ((1.0, 0.0), (1.0, 0.0), (0.5, 0.0), (2.0, -1024.0), (1.0, -100.0))
 
@@ -370,9 +370,8 @@ def _draw_encoding(
         rescale = (1.0, 0.0)
     lo, hi = float(rng.uniform(0.02, 0.1)), float(rng.uniform(0.75, 0.97))
     photometric = "MONOCHROME1" if rng.random() < 0.35 else "MONOCHROME2"
-    widths = tuple(
-        int(f * n) for f, n in zip(rng.uniform(0.015, 0.05, 4), (rows, rows, cols, cols), strict=True)
-    )
+    f = rng.uniform(0.015, 0.05, 4)
+    widths = (int(f[0] * rows), int(f[1] * rows), int(f[2] * cols), int(f[3] * cols))
     border = widths if rng.random() < 0.3 else None
     # a fixed number of draws whatever the arguments, so that the same seed gives the same phantoms
     compressed, pick = rng.random() < compressed_fraction and len(syntaxes) > 1, rng.random()
@@ -429,15 +428,12 @@ class _Ids:
 
 
 def _dataset(stored: np.ndarray, enc: Encoding, ids: _Ids, center: float, width: float, pad: int | None,
-             extra: dict[str, str]):  # fmt: skip
+             extra: dict[str, str]) -> FileDataset:  # fmt: skip
     """A complete Part 10 dataset (File Meta, preamble) for one CR or DX image, uncompressed."""
-    from pydicom import uid
-    from pydicom.dataset import FileDataset, FileMetaDataset
-
     sop_class = uid.DigitalXRayImageStorageForPresentation if enc.modality == "DX" else uid.ComputedRadiographyImageStorage  # fmt: skip
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = ids.sop_uid
+    meta.MediaStorageSOPInstanceUID = uid.UID(ids.sop_uid)
     meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
     meta.ImplementationClassUID = uid.PYDICOM_IMPLEMENTATION_UID
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
@@ -493,8 +489,6 @@ _PHI_SUFFIXED = ("PatientID", "AccessionNumber")
 
 def _check_args(n_patients: int, images_per_patient: tuple[int, int], positive_fraction: float,
                 sizes: Sequence[tuple[int, int]], syntaxes: Sequence[str], phi: dict[str, str]) -> None:  # fmt: skip
-    from pydicom.datadict import tag_for_keyword
-
     lo, hi = images_per_patient
     if n_patients < 1 or not 1 <= lo <= hi:
         raise ConfigError(f"need n_patients >= 1 and 1 <= images_per_patient[0] <= images_per_patient[1]; got {n_patients}, {images_per_patient}")  # fmt: skip
@@ -502,7 +496,7 @@ def _check_args(n_patients: int, images_per_patient: tuple[int, int], positive_f
         raise ConfigError(f"positive_fraction must be within 0..1, got {positive_fraction}")
     if not sizes or any(len(s) != 2 or min(s) < 32 for s in sizes):
         raise ConfigError(f"sizes must be (rows, cols) pairs of at least 32 pixels, got {sizes!r}")
-    known = _syntax_table()
+    known = TRANSFER_SYNTAXES
     bad = [s for s in syntaxes if s not in known]
     if not syntaxes or bad:
         raise ConfigError(f"unknown transfer syntax {bad or syntaxes!r}; valid: {', '.join(known)}")
@@ -515,8 +509,6 @@ def _generate(out_dir: str | Path, fmt: str, n_patients: int, images_per_patient
               positive_fraction: float, seed: int, sizes: Sequence[tuple[int, int]],
               phi_markers: dict[str, str] | None, transfer_syntaxes: Sequence[str],
               compressed_fraction: float, lesion_contrast: float | None) -> SynthDataset:  # fmt: skip
-    from pydicom.uid import generate_uid
-
     phi = dict(phi_markers or {})
     _check_args(n_patients, images_per_patient, positive_fraction, sizes, transfer_syntaxes, phi)
     t0 = time.perf_counter()
@@ -525,7 +517,6 @@ def _generate(out_dir: str | Path, fmt: str, n_patients: int, images_per_patient
     label_rng, hdr_rng, pix_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     positive = np.zeros(n_patients, bool)
     positive[label_rng.permutation(n_patients)[: round(n_patients * positive_fraction)]] = True
-    syntaxes = _syntax_table()
     extra = {k: v for k, v in phi.items() if k not in ("PatientName", "PatientBirthDate", *_PHI_SUFFIXED)}
     records: list[SynthRecord] = []
     for p in range(n_patients):
@@ -573,9 +564,9 @@ def _generate(out_dir: str | Path, fmt: str, n_patients: int, images_per_patient
                 stored, center, width, pad = to_stored(ph.image, enc)
                 ds = _dataset(stored, enc, ids, center, width, pad, extra)
                 if syntax in ("rle", "jpeg2000"):
-                    ds.compress(syntaxes[syntax], stored, generate_instance_uid=False)
+                    ds.compress(TRANSFER_SYNTAXES[syntax], stored, generate_instance_uid=False)
                 else:
-                    ds.file_meta.TransferSyntaxUID = syntaxes[syntax]
+                    ds.file_meta.TransferSyntaxUID = TRANSFER_SYNTAXES[syntax]
                 buf = io.BytesIO()
                 ds.save_as(buf, enforce_file_format=True)
                 data = buf.getvalue()
