@@ -1,0 +1,408 @@
+"""The model stage: timm's Inception V3 with its auxiliary head, made to work at any size ≥ 75 px.
+
+What lives here:
+
+- :func:`create_model` builds timm ``inception_v3`` (never downloads) and optionally loads local weights
+  (a timm/torchvision state dict, or an earlier medclass checkpoint for task-to-task transfer).
+- :class:`MainLogits` wraps a model so that it returns only the main logits (evaluation, scoring, export,
+  Grad-CAM); :func:`forward_train` returns ``(main, aux | None)`` for training.
+- :data:`TASK_ACTIVATIONS` / :func:`probabilities` turn logits into scores.
+- :data:`TRANSFER_MODES` / :func:`apply_mode` freeze what a transfer-learning mode says and return the
+  optimizer's parameter groups; frozen BatchNorms stay in eval mode (:func:`set_train_mode`).
+- :func:`to_device` and :func:`autocast_context` for channels_last and bf16/fp16 autocast.
+
+Sharp edges pinned by ``tests/test_model.py``: timm returns ``(main, aux)`` in eval mode too; the stock aux
+head crashes below ~299 px; 1000-class weights fail on ``AuxLogits.fc`` for another class count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.inception_v3 import InceptionAux, InceptionV3
+from torch import nn
+
+from medclass.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURE = "inception_v3"
+MIN_IMAGE_SIZE = 75  # below this the stem's convolutions and poolings run out of pixels
+HEAD_PREFIXES = ("fc.", "AuxLogits.fc.")
+
+
+# --- the aux head at any size ----------------------------------------------------------------------
+class AdaptiveInceptionAux(InceptionAux):
+    """timm's ``InceptionAux`` that also works on the small maps of inputs below 299 px.
+
+    Same children and parameter names/shapes as timm's (``conv0``, ``conv1``, ``fc``), so state dicts load
+    either way. On maps of at least 17×17 (inputs ≥ 299 px) it computes exactly what timm does; on smaller
+    maps the 5×5/stride-3 average pool is replaced by adaptive pooling to 5×5 so the 5×5 ``conv1`` fits.
+    """
+
+    @classmethod
+    def from_aux(cls, aux: InceptionAux) -> AdaptiveInceptionAux:
+        """A new module that shares ``aux``'s layers (no copy) and overrides only ``forward``."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.conv0, new.conv1, new.fc = aux.conv0, aux.conv1, aux.fc
+        new.train(aux.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] >= 17 and x.shape[-1] >= 17:
+            x = F.avg_pool2d(x, kernel_size=5, stride=3)  # N×768×17×17 → N×768×5×5 (timm's path)
+        else:
+            x = F.adaptive_avg_pool2d(x, (5, 5))  # N×768×h×w → N×768×5×5
+        x = self.conv0(x)  # N×128×5×5
+        x = self.conv1(x)  # N×768×1×1
+        x = F.adaptive_avg_pool2d(x, (1, 1))
+        x = torch.flatten(x, 1)  # N×768
+        return self.fc(x)  # N×num_classes
+
+
+def _build(num_classes: int, aux_logits: bool, drop_rate: float) -> Any:  # InceptionV3
+    model: Any = timm.create_model(
+        ARCHITECTURE, pretrained=False, num_classes=num_classes, aux_logits=aux_logits, drop_rate=drop_rate
+    )
+    if model.AuxLogits is not None:
+        model.AuxLogits = AdaptiveInceptionAux.from_aux(model.AuxLogits)
+    return model
+
+
+def _fresh_aux(model: Any, num_classes: int) -> None:
+    """Give ``model`` a freshly initialised aux head (timm's init) and turn the aux output on."""
+    donor = _build(num_classes, aux_logits=True, drop_rate=0.0)
+    model.AuxLogits = donor.AuxLogits
+    model.aux_logits = True
+
+
+def create_model(
+    num_classes: int,
+    *,
+    aux_logits: bool = True,
+    image_size: int = 299,
+    weights: Path | str | None = None,
+    drop_rate: float = 0.0,
+    reset_heads: bool = True,
+) -> nn.Module:
+    """Build timm's Inception V3 (random init, never downloads) with the aux head adapted to any size ≥ 75.
+
+    ``weights`` (optional) is a local timm or torchvision Inception V3 state dict (``.pth``/``.bin``/``.pt``
+    read with ``torch.load(weights_only=True)``; ``.safetensors``) or an earlier medclass checkpoint
+    (its stem, ``.json`` or ``.safetensors``). The weights are loaded strictly at the source's class count,
+    then both heads (``fc`` and ``AuxLogits.fc``) are replaced by fresh ``num_classes``-output layers
+    (always when the class counts differ; also when they match unless ``reset_heads=False``). A source
+    without an aux head (timm's TF ports) gets a freshly initialised one.
+
+    Returns the model in training mode on the CPU. Raises :class:`ConfigError` for a bad class count or
+    image size and :class:`CheckpointError` for weights that are missing, pickled with code, or of another
+    architecture (the message names the file and the first mismatching keys).
+    """
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be ≥ 1, got {num_classes}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"image size {image_size} is too small for Inception V3 (minimum {MIN_IMAGE_SIZE})")
+    model: Any
+    if weights is None:
+        model = _build(num_classes, aux_logits, drop_rate)
+    else:
+        model = _from_weights(Path(weights), num_classes, aux_logits, drop_rate, reset_heads)
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    cfg["input_size"] = (3, image_size, image_size)
+    model.pretrained_cfg = cfg
+    model.train()
+    return model
+
+
+# --- reading weights -------------------------------------------------------------------------------
+def _is_medclass_checkpoint(path: Path) -> bool:
+    if path.suffix == ".json":
+        return True
+    stem = path.with_suffix("") if path.suffix == ".safetensors" else path
+    return (stem.parent / (stem.name + ".json")).is_file() and (
+        stem.parent / (stem.name + ".safetensors")
+    ).is_file()
+
+
+def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file without ever running pickled code.
+
+    Accepts a medclass checkpoint (verified through :func:`medclass.checkpoint.read_state_dict`), a
+    ``.safetensors`` file, or a torch file loaded with ``weights_only=True``. Wrapper dicts
+    (``state_dict``/``model``/``state_dict_ema``) and ``module.`` prefixes are removed.
+
+    Returns the tensors by key. Raises :class:`CheckpointError` (naming the file) when the file is missing,
+    unreadable, refused by the weights-only unpickler, or holds something other than tensors.
+    """
+    path = Path(path)
+    if _is_medclass_checkpoint(path):
+        # the later stage, imported here only: checkpoint imports model, never the other way at import time
+        from medclass.checkpoint import read_state_dict as read_checkpoint
+
+        return read_checkpoint(path)[0]
+    if not path.is_file():
+        raise CheckpointError("weights file not found", path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd: Any = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"not a readable safetensors file ({_one_line(exc)})", path) from exc
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                "refusing to unpickle: the weights-only loader rejected this file "
+                f"({_one_line(exc)}); give a plain state dict or .safetensors",
+                path,
+            ) from exc
+    if isinstance(sd, dict):
+        for key in ("state_dict_ema", "state_dict", "model"):
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError("does not hold a state dict (a mapping of names to tensors)", path)
+    return timm.models.clean_state_dict(sd)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("…" if len(text) > 200 else "")
+
+
+def _mismatch_message(model: nn.Module, sd: dict[str, torch.Tensor], limit: int = 3) -> str | None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)}≠{tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if keys:
+            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            parts.append(f"{label}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts) or None
+
+
+def _from_weights(
+    path: Path, num_classes: int, aux_logits: bool, drop_rate: float, reset_heads: bool
+) -> Any:  # InceptionV3
+    sd = read_state_dict(path)
+    fc = sd.get("fc.weight")
+    src_classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else num_classes
+    src_aux = any(k.startswith("AuxLogits.") for k in sd)
+    model = _build(src_classes, src_aux, drop_rate)
+    problem = _mismatch_message(model, sd)
+    if problem is not None:
+        raise CheckpointError(f"not an Inception V3 state dict ({problem})", path)
+    model.load_state_dict(sd, strict=True)
+    if aux_logits and not src_aux:
+        log.info("%s: no aux head in the weights; the aux head starts from random init", path)
+        _fresh_aux(model, src_classes)
+    elif not aux_logits and src_aux:
+        model.AuxLogits = None
+        model.aux_logits = False
+    if reset_heads or src_classes != num_classes:
+        model.reset_classifier(num_classes)  # timm resets fc and AuxLogits.fc together
+        log.info("%s: loaded backbone; fresh %d-class heads", path, num_classes)
+    return model
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+class MainLogits(nn.Module):
+    """Wraps a model so that ``forward`` returns only the main logits, in any mode, aux head on or off.
+
+    For timm's Inception V3 the aux head is not even computed. ``model`` is shared, not copied.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model: nn.Module = model.model if isinstance(model, MainLogits) else model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # N×3×S×S → N×C
+        m = self.model
+        if isinstance(m, InceptionV3):
+            return m.forward_head(m.forward_postaux(m.forward_preaux(x)))
+        out = m(x)
+        return out[0] if isinstance(out, tuple | list) else out
+
+
+def forward_train(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``model`` and return ``(main_logits, aux_logits)``; ``aux_logits`` is None without an aux head."""
+    out = model(x)
+    if isinstance(out, tuple | list):
+        return out[0], out[1]
+    return out, None
+
+
+TASK_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "multiclass": lambda logits: torch.softmax(logits, dim=1),
+    "multilabel": torch.sigmoid,
+}
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Scores from logits: softmax over classes (``multiclass``) or a sigmoid per class (``multilabel``).
+
+    Returns a float32 N×C tensor. Raises :class:`ConfigError` for an unknown task.
+    """
+    try:
+        activation = TASK_ACTIVATIONS[task]
+    except KeyError:
+        raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASK_ACTIVATIONS)}") from None
+    return activation(logits.float())
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
+    """Class scores (N×C float32, CPU) of the main head for a batch, in eval mode.
+
+    The model's training flag is restored afterwards. Raises :class:`ConfigError` for an unknown task.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return probabilities(MainLogits(model)(x), task).cpu()
+    finally:
+        model.train(was_training)
+
+
+# --- transfer-learning modes -----------------------------------------------------------------------
+ParamGroup = dict[str, Any]
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith(HEAD_PREFIXES)
+
+
+def _blocks(model: nn.Module) -> list[str]:
+    """The backbone's top-level blocks that hold parameters, input to output."""
+    names = getattr(model, "layer_names", None) or [n for n, _ in model.named_children()]
+    return [n for n in names if any(True for _ in getattr(model, n).parameters())]
+
+
+def _groups(model: nn.Module, trainable: Callable[[str], bool], backbone_lr_scale: float) -> list[ParamGroup]:
+    heads: list[nn.Parameter] = []
+    backbone: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable(name))
+        if p.requires_grad:
+            (heads if _is_head(name) else backbone).append(p)
+    groups = [dict(name="heads", params=heads, lr_scale=1.0)]
+    if backbone:
+        groups.append(dict(name="backbone", params=backbone, lr_scale=backbone_lr_scale))
+    return groups
+
+
+def _linear(model: nn.Module, partial_blocks: int, backbone_lr_scale: float) -> list[ParamGroup]:
+    return _groups(model, _is_head, backbone_lr_scale)
+
+
+def _partial(model: nn.Module, partial_blocks: int, backbone_lr_scale: float) -> list[ParamGroup]:
+    blocks = _blocks(model)
+    if not 1 <= partial_blocks <= len(blocks):
+        raise ConfigError(f"partial_blocks must be between 1 and {len(blocks)}, got {partial_blocks}")
+    prefixes = (*(b + "." for b in blocks[-partial_blocks:]), "AuxLogits.", "fc.")
+    return _groups(model, lambda n: n.startswith(prefixes), backbone_lr_scale)
+
+
+def _full(model: nn.Module, partial_blocks: int, backbone_lr_scale: float) -> list[ParamGroup]:
+    return _groups(model, lambda n: True, backbone_lr_scale)
+
+
+TRANSFER_MODES: dict[str, Callable[[nn.Module, int, float], list[ParamGroup]]] = {
+    "linear": _linear,  # only fc and AuxLogits.fc train
+    "partial": _partial,  # the last N blocks (default Mixed_7a/b/c), the aux head and fc train
+    "full": _full,  # everything trains; the backbone at backbone_lr_scale × the heads' LR
+}
+
+
+def apply_mode(
+    model: nn.Module, mode: str, *, partial_blocks: int = 3, backbone_lr_scale: float = 0.1
+) -> list[ParamGroup]:
+    """Freeze ``model`` as transfer-learning ``mode`` says and keep its frozen BatchNorms in eval mode.
+
+    Sets ``requires_grad`` on every parameter, installs a ``train()`` that keeps BatchNorms whose
+    parameters are all frozen in eval mode (their running statistics never move), and puts the model in
+    training mode. Returns parameter groups for the optimizer: ``dict(name, params, lr_scale)`` — the
+    heads at ``lr_scale`` 1.0 and, when any backbone layer trains, the backbone at ``backbone_lr_scale``
+    (multiply the base LR by it). Raises :class:`ConfigError` for an unknown mode or a bad block count.
+    """
+    try:
+        fn = TRANSFER_MODES[mode]
+    except KeyError:
+        raise ConfigError(f"unknown transfer mode {mode!r}; valid: {', '.join(TRANSFER_MODES)}") from None
+    groups = fn(model, partial_blocks, backbone_lr_scale)
+    model.train = types.MethodType(set_train_mode, model)  # type: ignore[method-assign]
+    model.train(True)
+    log.info(
+        "transfer mode %s: %d trainable / %d parameters",
+        mode,
+        sum(p.numel() for g in groups for p in g["params"]),
+        sum(p.numel() for p in model.parameters()),
+    )
+    return groups
+
+
+def frozen_batchnorms(model: nn.Module) -> Iterator[nn.Module]:
+    """The BatchNorm layers of ``model`` whose affine parameters are all frozen."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                yield m
+
+
+def set_train_mode(model: nn.Module, mode: bool = True) -> nn.Module:
+    """``model.train(mode)``, except that frozen BatchNorms stay in eval mode. Returns ``model``."""
+    nn.Module.train(model, mode)
+    if mode:
+        for bn in frozen_batchnorms(model):
+            bn.eval()
+    return model
+
+
+# --- device, layout and precision -------------------------------------------------------------------
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def to_device(model: nn.Module, device: str | torch.device, channels_last: bool = True) -> nn.Module:
+    """Move ``model`` to ``device`` (in place) and, by default, to channels_last layout. Returns ``model``."""
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast_context(
+    device: str | torch.device, dtype: str | torch.dtype | None = "bf16"
+) -> contextlib.AbstractContextManager[Any]:
+    """An autocast context for ``device`` (``"fp32"``/None: no autocast; ``"bf16"``; ``"fp16"`` on CUDA).
+
+    Raises :class:`ConfigError` for an unknown precision or fp16 on the CPU.
+    """
+    if isinstance(dtype, str):
+        if dtype not in PRECISIONS:
+            raise ConfigError(f"unknown precision {dtype!r}; valid: {', '.join(PRECISIONS)}")
+        dtype = PRECISIONS[dtype]
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    if device_type == "cpu" and dtype == torch.float16:
+        raise ConfigError("fp16 autocast needs a CUDA device; use bf16 on the CPU")
+    return torch.autocast(device_type=device_type, dtype=dtype)
