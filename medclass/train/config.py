@@ -275,8 +275,8 @@ def versions() -> dict[str, str]:
 
     return {
         "medclass": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
+        "torch": str(torch.__version__),
+        "timm": str(timm.__version__),
         "python": sys.version.split()[0],
     }
 

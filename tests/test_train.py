@@ -1,0 +1,228 @@
+"""Training building blocks that need no data on disk: config layering, schedule, loss, sampler, AUC,
+augmentation, gathering of validation predictions."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medclass.errors import ConfigError
+from medclass.train.config import (
+    TrainConfig,
+    apply_overrides,
+    check_resumable,
+    read_saved,
+    resolve_config,
+    save_config,
+)
+
+# --- config ------------------------------------------------------------------------------------------
+
+
+def test_config_layering_defaults_yaml_flags(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("manifest: m.csv\nout: runs/a\nepochs: 7\nlr: 0.01\nmode: linear\naux-weight: 0.2\n")
+    c = resolve_config(cfg, {"lr": 0.5, "out": "runs/b"})
+    assert c.epochs == 7  # from YAML
+    assert c.lr == 0.5  # flag beats YAML
+    assert c.out == "runs/b"
+    assert c.mode == "linear" and c.aux_weight == 0.2  # YAML, dash spelling accepted
+    assert c.batch_size == TrainConfig.batch_size  # default
+    assert c.label_smoothing == 0.1 and c.aux_weight != TrainConfig.aux_weight
+
+
+def test_config_unknown_yaml_key_lists_valid_keys(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("manifest: m.csv\nout: o\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as exc:
+        resolve_config(cfg)
+    msg = str(exc.value)
+    assert "learning_rate" in msg and "valid keys" in msg and "lr" in msg and str(cfg) in msg
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"epochs": "many"}, "epochs"),
+        ({"mode": "half"}, "mode must be one of linear, partial, full"),
+        ({"aux_weight": -1}, "aux_weight"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"image_size": 32}, "image_size"),
+        ({"epochs": 2.5}, "epochs"),
+    ],
+)
+def test_config_bad_values(values, needle):
+    with pytest.raises(ConfigError, match=needle):
+        apply_overrides(TrainConfig(manifest="m", out="o"), values).validate()
+
+
+def test_config_requires_manifest_and_out():
+    with pytest.raises(ConfigError, match="manifest is required"):
+        resolve_config(None, {"out": "o"})
+
+
+def test_saved_config_roundtrip_and_resume_checks(tmp_path):
+    c = resolve_config(None, {"manifest": "m.csv", "out": str(tmp_path), "seed": 3})
+    path = tmp_path / "config.yaml"
+    save_config(c, path, manifest_sha256="a" * 64)
+    saved = read_saved(path)
+    assert saved["manifest_sha256"] == "a" * 64 and saved["seed"] == 3
+    assert set(saved["versions"]) >= {"medclass", "torch", "timm"}
+    assert "host" not in path.read_text().lower()
+    # the saved file is itself a valid --config
+    again = resolve_config(path)
+    assert again == c
+    check_resumable(saved, c, "a" * 64, path)  # same: fine
+    with pytest.raises(ConfigError, match="manifest changed"):
+        check_resumable(saved, c, "b" * 64, path)
+    with pytest.raises(ConfigError, match="lr"):
+        check_resumable(saved, apply_overrides(c, {"lr": 0.1}), "a" * 64, path)
+    check_resumable(saved, apply_overrides(c, {"epochs": 50}), "a" * 64, path)  # may extend a run
+
+
+def test_cli_only_given_flags_override(tmp_path):
+    from medclass.cli import train as cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("manifest: m.csv\nout: o\nepochs: 9\nchannels_last: false\n")
+    args = parser.parse_args(["--config", str(cfg), "--lr", "0.02"])
+    assert cli_train.flags_given(args) == {"lr": 0.02}
+    c = cli_train.resolve(args)
+    assert (c.epochs, c.lr, c.channels_last) == (9, 0.02, False)
+    args = parser.parse_args(["--config", str(cfg), "--channels-last", "--no-augment"])
+    c = cli_train.resolve(args)
+    assert c.channels_last is True and c.augment is False
+
+
+# --- schedule, loss, sampler, AUC ---------------------------------------------------------------------
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from medclass.train.loop import lr_lambda
+
+    f = lr_lambda(total_steps=100, warmup_steps=10, min_ratio=0.01)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(100) == pytest.approx(0.01)
+    values = [f(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_inception_loss_combines_main_and_aux():
+    from medclass.train.objective import InceptionLoss
+
+    torch.manual_seed(0)
+    main, aux, y = torch.randn(6, 3), torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = InceptionLoss("multiclass", aux_weight=0.4, label_smoothing=0.1)
+    total, m, a = loss(main, aux, y)
+    ref_m = torch.nn.functional.cross_entropy(main, y, label_smoothing=0.1)
+    ref_a = torch.nn.functional.cross_entropy(aux, y, label_smoothing=0.1)
+    assert torch.allclose(m, ref_m) and torch.allclose(a, ref_a)
+    assert torch.allclose(total, ref_m + 0.4 * ref_a)
+    total0, _, a0 = InceptionLoss("multiclass", aux_weight=0.0)(main, aux, y)
+    assert a0 == 0 and torch.allclose(total0, torch.nn.functional.cross_entropy(main, y))
+    ml = InceptionLoss("multilabel", aux_weight=0.4)
+    t = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 1, 1]])
+    total, m, a = ml(main, aux, t)
+    assert torch.allclose(m, torch.nn.functional.binary_cross_entropy_with_logits(main, t))
+
+
+def test_imbalance_weights():
+    from medclass.train.objective import loss_weights, sample_weights
+
+    y = torch.tensor([0] * 8 + [1] * 2)
+    w = loss_weights(y, 2, "multiclass")
+    assert w.tolist() == pytest.approx([10 / 16, 10 / 4])
+    s = sample_weights(y, 2, "multiclass")
+    assert float(s[y == 0].sum()) == pytest.approx(float(s[y == 1].sum()))
+    t = torch.tensor([[1.0, 0], [0, 0], [0, 0], [0, 1]])
+    assert loss_weights(t, 2, "multilabel").tolist() == pytest.approx([3.0, 3.0])
+
+
+def test_epoch_sampler_seeded_sharded_balanced():
+    from medclass.train.objective import EpochSampler
+
+    s = EpochSampler(10, seed=1)
+    s.set_epoch(0)
+    a = list(s)
+    assert sorted(a) == list(range(10)) and list(s) == a
+    s.set_epoch(1)
+    assert list(s) != a
+    r0, r1 = EpochSampler(7, seed=1, rank=0, world_size=2), EpochSampler(7, seed=1, rank=1, world_size=2)
+    both = list(r0) + list(r1)
+    assert len(list(r0)) == len(list(r1)) == 4 and set(both) == set(range(7))
+    w = torch.tensor([1.0] * 90 + [9.0] * 10)  # 10 rare samples weigh as much as 90 common ones
+    b = EpochSampler(100, seed=0, weights=w)
+    drawn = torch.tensor([list(b) for _ in range(1)]).flatten()
+    assert 30 < int((drawn >= 90).sum()) < 70
+
+
+def test_macro_auc_known_values_and_single_class(caplog):
+    from medclass.train.objective import macro_auc
+
+    y = np.array([0, 0, 1, 1])
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])
+    assert macro_auc(y, p, "multiclass") == pytest.approx(0.75)
+    y3 = np.array([0, 1, 2, 0, 1, 2])
+    p3 = np.eye(3)[y3] * 0.8 + 0.1
+    assert macro_auc(y3, p3, "multiclass") == pytest.approx(1.0)
+    with caplog.at_level(logging.WARNING):
+        assert math.isnan(macro_auc(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]]), "multiclass"))
+    assert "undefined" in caplog.text
+    t = np.array([[1, 0], [0, 0], [1, 0]])
+    s = np.array([[0.9, 0.1], [0.2, 0.3], [0.8, 0.5]])
+    assert macro_auc(t, s, "multilabel") == pytest.approx(1.0)  # finding 2 has no positive: left out
+
+
+def test_gather_keeps_each_index_once():
+    from medclass.train.distributed import DistContext, gather_predictions
+
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    idx = torch.tensor([3, 0, 1, 3, 2, 0])  # padded shards repeat indices
+    scores = torch.tensor([[3.0], [0.0], [1.0], [3.0], [2.0], [0.0]])
+    sc, tg, _ls = gather_predictions(idx, scores, idx.clone(), idx.float(), ctx)
+    assert sc.flatten().tolist() == [0, 1, 2, 3] and tg.tolist() == [0, 1, 2, 3]
+
+
+# --- augmentation --------------------------------------------------------------------------------------
+
+
+def test_augment_identity_deterministic_and_no_flip():
+    from medclass.train.augment import RandomAffine, RandomIntensity, build_augment
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32)
+    ident = RandomAffine(0.0, (1.0, 1.0), 0.0)(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(ident, x, atol=1e-5)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    jit = RandomIntensity(0.0, 0.0, mean, std)(x.clamp(-2, 2), torch.Generator().manual_seed(0))
+    assert torch.allclose(jit, x.clamp(-2, 2), atol=1e-5)
+    aug = build_augment(mean=mean, std=std)
+    a = aug(x, torch.Generator().manual_seed(5))
+    b = aug(x, torch.Generator().manual_seed(5))
+    c = aug(x, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert aug.transforms[0].hflip == 0.0
+    assert build_augment(mean=mean, std=std, hflip=True).transforms[0].hflip == 0.5
+
+
+def test_affine_fills_with_black_and_moves_a_blob():
+    from medclass.train.augment import RandomAffine
+
+    x = torch.full((1, 3, 40, 40), -2.0)  # normalised black
+    x[..., 18:22, 30:34] = 2.0  # a bright blob on the right
+    out = RandomAffine(0.0, (0.5, 0.5), 0.0, fill=(-2.0, -2.0, -2.0))(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(out[..., :3, :3], torch.tensor(-2.0))  # moved-in border is black
+    cols = torch.nonzero(out[0, 0] > 0)[:, 1]
+    assert cols.float().mean() < 31  # zooming out moves the blob toward the centre
+    flipped = RandomAffine(0.0, (1.0, 1.0), 0.0, hflip=1.0)(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
