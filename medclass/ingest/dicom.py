@@ -122,9 +122,7 @@ def _has_pixels(ds: Any) -> bool:
 
 def check_is_image(ds: Any, path: str) -> None:
     """Raise :class:`NoImageError` unless ``ds`` is a diagnostic image with pixel data."""
-    sop = str(ds.get("SOPClassUID", "") or "")
-    if not sop:
-        sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    sop = dm.sop_class(ds)
     reason = dm.non_image_reason(sop)
     if reason:
         raise NoImageError(reason, path)

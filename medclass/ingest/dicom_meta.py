@@ -46,6 +46,14 @@ def sop_class_name(uid: str) -> str:
     return name if name and name != uid else (uid or "not given")
 
 
+def sop_class(ds: Any) -> str:
+    """SOP Class UID, else the file meta's Media Storage SOP Class UID (anonymisers drop the former)."""
+    uid = str(ds.get("SOPClassUID", "") or "")
+    if not uid:
+        uid = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    return uid
+
+
 def non_image_reason(sop_class_uid: str) -> str | None:
     """``"no image (SOP class X)"`` for classes that are not diagnostic images, else None."""
     uid = str(sop_class_uid or "")
@@ -218,8 +226,9 @@ def build_meta(
         patient_id=_str(ds, "PatientID"),
         study_uid=_str(ds, "StudyInstanceUID"),
         series_uid=_str(ds, "SeriesInstanceUID"),
-        sop_uid=_str(ds, "SOPInstanceUID"),
-        sop_class_uid=_str(ds, "SOPClassUID"),
+        sop_uid=_str(ds, "SOPInstanceUID")
+        or str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "") or ""),
+        sop_class_uid=sop_class(ds),
         modality=_str(ds, "Modality"),
         body_part=_str(ds, "BodyPartExamined"),
         view_position=_str(ds, "ViewPosition"),

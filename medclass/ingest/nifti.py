@@ -90,6 +90,23 @@ def radiological_axial(data: np.ndarray, k: int) -> np.ndarray:
     return data[:, :, k].T[::-1, ::-1]
 
 
+_LPS = np.array([-1.0, -1.0, 1.0])
+
+
+def slice_position(affine: np.ndarray, k: int) -> float:
+    """Position of canonical slice ``k`` along its normal, the way DICOM defines it (LPS mm).
+
+    The normal is row direction × column direction of the displayed slice (columns run along −i,
+    rows along −j in RAS), so a DICOM series and its NIfTI conversion give the same numbers.
+    """
+    row = _LPS * -affine[:3, 0]
+    col = _LPS * -affine[:3, 1]
+    normal = np.cross(row, col)
+    normal /= np.linalg.norm(normal) or 1.0
+    corner = _LPS * (affine @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
+    return float(np.dot(corner, normal))
+
+
 class NiftiFrames(Frames):
     def __init__(self, path: str, limit: int | None) -> None:
         self.img, self.data, self.stored_shape = _canonical(path, limit)
@@ -98,7 +115,7 @@ class NiftiFrames(Frames):
     def meta(self, index: int) -> ImageMeta:
         i = self._check(index)
         zooms = self.img.header.get_zooms()
-        z = float((self.img.affine @ np.array([0.0, 0.0, i, 1.0]))[2])
+        z = slice_position(self.img.affine, i)
         return ImageMeta(
             source=self.path,
             format="nifti",

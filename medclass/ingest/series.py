@@ -1,6 +1,7 @@
 """Single-frame DICOM slices of one series → one volume, sorted along the slice normal.
 
-Slices are grouped by (SeriesInstanceUID, SOP class, Rows×Columns, ImageOrientationPatient rounded to
+Slices are grouped by (SeriesInstanceUID — or, for files an anonymiser stripped of it, folder + Frame
+of Reference UID + Series Number + Series Description + Modality —, SOP class, Rows×Columns, ImageOrientationPatient rounded to
 1e-3), so a localizer or a reformat that shares the series UID does not end up inside the stack. Within
 a group, slices are sorted by ImagePositionPatient projected on the slice normal (row direction ×
 column direction of ImageOrientationPatient); when any slice lacks the geometry, by InstanceNumber;
@@ -10,6 +11,7 @@ ties by InstanceNumber, then path.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,20 +37,16 @@ class SliceHeader:
     orientation: tuple[float, ...] | None
     position: tuple[float, ...] | None
     instance: int | None
+    fallback_series: str = ""  # folder + series number/description, for files stripped of the UID
 
     @property
     def stackable(self) -> bool:
-        """A single-frame CT/MR/PET/NM slice with a series UID (candidate for a volume)."""
-        return (
-            bool(self.series_uid)
-            and self.sop_class_uid in dm.VOLUME_SOP_CLASSES
-            and self.n_frames == 1
-            and not self.mosaic
-        )
+        """A single-frame CT/MR/PET/NM slice (candidate for a volume)."""
+        return self.sop_class_uid in dm.VOLUME_SOP_CLASSES and self.n_frames == 1 and not self.mosaic
 
     def group_key(self) -> tuple[Any, ...]:
         ori = tuple(round(v, 3) for v in self.orientation) if self.orientation else None
-        return (self.series_uid, self.sop_class_uid, self.rows, self.cols, ori)
+        return (self.series_uid or self.fallback_series, self.sop_class_uid, self.rows, self.cols, ori)
 
 
 def slice_header(path: str) -> SliceHeader:
@@ -73,7 +71,7 @@ def slice_header(path: str) -> SliceHeader:
     return SliceHeader(
         path=path,
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
+        sop_class_uid=dm.sop_class(ds),
         rows=rows,
         cols=cols,
         n_frames=dm.number_of_frames(ds),
@@ -81,6 +79,16 @@ def slice_header(path: str) -> SliceHeader:
         orientation=floats("ImageOrientationPatient", 6),
         position=floats("ImagePositionPatient", 3),
         instance=instance,
+        fallback_series="|".join(
+            str(v)
+            for v in (
+                os.path.dirname(os.path.abspath(path)),
+                ds.get("FrameOfReferenceUID", ""),
+                ds.get("SeriesNumber", ""),
+                ds.get("SeriesDescription", ""),
+                ds.get("Modality", ""),
+            )
+        ),
     )
 
 
