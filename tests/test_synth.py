@@ -296,3 +296,24 @@ def test_png_dataset_matches_dicom_phantoms(tmp_path: Path) -> None:
 def test_bad_arguments_raise_config_error(tmp_path: Path, kwargs: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         synth.generate_cxr_dataset(tmp_path, n_patients=2, **kwargs)
+
+
+def test_lung_mask_matches_the_rendered_lungs() -> None:
+    rng = np.random.default_rng(0)
+    anatomy = synth.random_anatomy(rng)
+    ph = synth.render_phantom((150, 170), anatomy, rng, lesion=True)
+    np.testing.assert_array_equal(ph.lungs, synth.lung_mask(anatomy, (150, 170)))
+    assert 0.1 < ph.lungs.mean() < 0.4
+    # two lung fields, left and right of the midline, darker than the rest of the body
+    assert ph.lungs[:, :85].any() and ph.lungs[:, 85:].any() and not ph.lungs[:, 84:86].any()
+    soft_tissue = ~ph.lungs & (ph.image > 0.2)  # the body outside the lungs (air around it is darker)
+    assert ph.image[ph.lungs].mean() < ph.image[soft_tissue].mean() - 0.15
+    assert ph.lesion is not None and ph.lungs[round(ph.lesion.cy), round(ph.lesion.cx)]
+
+
+@pytest.mark.slow
+def test_demo_sized_generation_speed(tmp_path: Path, record_property) -> None:
+    ds = synth.generate_cxr_dataset(tmp_path, n_patients=60, seed=0)
+    assert 60 <= len(ds.records) <= 180 and ds.seconds > 0
+    record_property("images", len(ds.records))
+    record_property("seconds", round(ds.seconds, 2))  # reported, not asserted: the machine is shared
