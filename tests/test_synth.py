@@ -312,8 +312,8 @@ def test_lung_mask_matches_the_rendered_lungs() -> None:
 
 
 @pytest.mark.slow
-def test_demo_sized_generation_speed(tmp_path: Path, record_property) -> None:
+def test_demo_sized_generation_speed(tmp_path: Path) -> None:
     ds = synth.generate_cxr_dataset(tmp_path, n_patients=60, seed=0)
     assert 60 <= len(ds.records) <= 180 and ds.seconds > 0
-    record_property("images", len(ds.records))
-    record_property("seconds", round(ds.seconds, 2))  # reported, not asserted: the machine is shared
+    # reported (pytest -rP), not asserted: the machine is shared
+    print(f"synth: {len(ds.records)} DICOM images in {ds.seconds:.2f} s")
