@@ -22,6 +22,7 @@ from medclass.evaluate.core import (
     SubgroupResult,
     evaluate_predictions,
 )
+from medclass.evaluate.paired import compare_tables, join_predictions
 from medclass.evaluate.predict import find_training_metrics, image_id, predict_manifest
 from medclass.evaluate.serialize import SCHEMA, to_dict
 from medclass.evaluate.table import (
@@ -45,10 +46,12 @@ __all__ = [
     "PredictionTable",
     "SubgroupClass",
     "SubgroupResult",
+    "compare_tables",
     "evaluate_predictions",
     "find_training_metrics",
     "image_id",
     "infer_classes",
+    "join_predictions",
     "predict_manifest",
     "prediction_table",
     "predictions_fieldnames",

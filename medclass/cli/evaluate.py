@@ -1,0 +1,185 @@
+"""``medclass evaluate``: metrics with confidence intervals, figures and an HTML report for a test split."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+HELP = "measure a model on the test split: AUC with CIs, operating point from validation, report"
+DESCRIPTION = """\
+Evaluate a checkpoint on a manifest's test split (or an earlier run's predictions.csv) and write
+OUT/metrics.json, OUT/predictions.csv, one PNG per figure and a self-contained OUT/report.html.
+
+The decision threshold (and, with --temperature-scaling, the temperature) is chosen on the validation
+split only and applied unchanged to the test split. AUCs get a stratified-bootstrap and a DeLong 95% CI.
+
+examples:
+  medclass evaluate --checkpoint runs/r1/best --manifest data_manifests/mine.csv --out reports/r1
+  medclass evaluate --checkpoint runs/r1/best --manifest m.csv --by sex --threshold sens:0.9 --out reports/r1
+  medclass evaluate --predictions reports/r1/predictions.csv --level patient --aggregate max --out reports/r1b
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("what to evaluate (a checkpoint and a manifest, or predictions)")
+    src.add_argument("--checkpoint", type=Path, help="checkpoint stem (or its .json/.safetensors)")
+    src.add_argument("--manifest", type=Path, help="manifest CSV with val and test rows")
+    src.add_argument("--data-root", type=Path, help="folder the manifest's paths are relative to")
+    src.add_argument("--predictions", type=Path, help="predictions.csv of an earlier run (no model needed)")
+    src.add_argument("--split", default="test", help="split to measure")
+    src.add_argument("--val-split", default="val", help="split the threshold/temperature are chosen on")
+    src.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    src.add_argument(
+        "--run-dir", type=Path, help="training run folder with metrics.csv (default: the checkpoint's)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--by", action="append", default=[], metavar="COLUMN", help="subgroup column (repeatable)"
+    )
+    parser.add_argument(
+        "--level", choices=("image", "patient", "both"), default="both", help="image and/or patient level"
+    )
+    parser.add_argument(
+        "--aggregate", choices=("mean", "max"), default="mean", help="patient score from its images"
+    )
+    parser.add_argument(
+        "--group-column", default="patient_id", help="column that groups images (patient_id or study_id)"
+    )
+    parser.add_argument(
+        "--threshold", default="youden", help="youden, sens:T or spec:T (chosen on validation)"
+    )
+    parser.add_argument(
+        "--positive-class", help="class scored as positive in a two-class task (default: the second)"
+    )
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--bins", type=int, default=10, help="calibration bins")
+    parser.add_argument("--temperature-scaling", action="store_true", help="fit a temperature on validation")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _training_rows(path: Path | None) -> list[dict[str, Any]]:
+    if path is None:
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _splits(rows: list[Any]) -> str:
+    return ", ".join(sorted({str(r.get("split", "")) for r in rows})) or "none"
+
+
+def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
+    from medclass.errors import ConfigError
+    from medclass.evaluate import predict_manifest, read_predictions, write_predictions
+
+    if args.predictions is not None:
+        if args.checkpoint is not None:
+            raise ConfigError("give either --predictions or --checkpoint/--manifest, not both")
+        rows = read_predictions(args.predictions)
+        facts |= {"predictions file": str(args.predictions), "predictions sha256": _sha256(args.predictions)}
+        return rows
+    if args.checkpoint is None or args.manifest is None:
+        raise ConfigError("give --checkpoint and --manifest (or --predictions FILE from an earlier run)")
+    rows = predict_manifest(
+        args.checkpoint, args.manifest, (args.val_split, args.split), args.data_root, args.batch_size
+    )
+    write_predictions(args.out / "predictions.csv", rows)
+    from medclass.checkpoint import stem_of
+
+    stem = stem_of(args.checkpoint)
+    meta = json.loads((stem.parent / (stem.name + ".json")).read_text(encoding="utf-8"))
+    facts |= {
+        "checkpoint": str(args.checkpoint),
+        "architecture": meta.get("architecture", "inception_v3"),
+        "input": meta.get("input", ""),
+        "window / fit": f"{meta.get('window', '')} / {meta.get('fit', '')}",
+        "training seed": meta.get("seed", ""),
+        "manifest": str(args.manifest),
+        "manifest sha256": _sha256(args.manifest),
+        "manifest sha256 at training": meta.get("manifest_sha256", ""),
+    }
+    return rows
+
+
+def _print_summary(metrics: dict[str, Any]) -> None:
+    def f(x: Any) -> str:
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+    print(f"threshold rule: {metrics['threshold_rule']['rule']} (chosen on validation)")
+    for level, block in metrics["levels"].items():
+        print(f"{level} level (test n={block['n_test']}):")
+        for name, c in block["classes"].items():
+            op = c["operating_point"]
+            print(
+                f"  {name}: AUC {f(c['auc'])} [{f(c['auc_ci_low'])}, {f(c['auc_ci_high'])}] "
+                f"(DeLong [{f(c['auc_delong_ci_low'])}, {f(c['auc_delong_ci_high'])}]); "
+                f"threshold {f(op['threshold'])}: sensitivity {f(op['sensitivity'])}, specificity {f(op['specificity'])}"
+            )
+        m = block["macro"]
+        if len(block["classes"]) > 1:
+            print(f"  macro AUC {f(m['auc'])} [{f(m['auc_ci_low'])}, {f(m['auc_ci_high'])}]")
+    for w in metrics.get("warnings", []):
+        print(f"warning: {w}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from medclass.cli import ExitCode
+    from medclass.errors import DataError
+    from medclass.evaluate import (
+        EvaluationConfig,
+        evaluate_predictions,
+        find_training_metrics,
+        split_rows,
+        to_dict,
+    )
+    from medclass.fileio import atomic_write_text
+    from medclass.report import write_evaluation
+
+    config = EvaluationConfig(
+        threshold=args.threshold,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        level=args.level,
+        aggregate=args.aggregate,
+        group_column=args.group_column,
+        by=tuple(args.by),
+        n_bins=args.bins,
+        temperature_scaling=args.temperature_scaling,
+        positive_class=args.positive_class,
+    )
+    config.validate()  # bad settings fail before any model work
+    facts: dict[str, Any] = {}
+    rows = _get_rows(args, facts)
+    val, test = split_rows(rows, args.val_split), split_rows(rows, args.split)
+    for name, part in ((args.val_split, val), (args.split, test)):
+        if not part:
+            raise DataError(f"no rows in split {name!r} (splits present: {_splits(rows)})")
+    facts |= {"validation rows": len(val), "test rows": len(test)}
+    result = evaluate_predictions(val, test, config=config)
+    metrics = to_dict(result)
+    metrics["splits"] = {"validation": args.val_split, "test": args.split}
+    training = find_training_metrics(args.checkpoint, args.run_dir)
+    paths = write_evaluation(metrics, args.out, facts=facts, training_rows=_training_rows(training))
+    first = next(iter(result.levels.values()))
+    operating = {
+        "rule": str(result.rule),
+        "chosen_on": args.val_split,
+        "level": first.level,
+        "thresholds": {
+            c: (None if math.isnan(r.threshold) else r.threshold) for c, r in first.classes.items()
+        },
+        "temperature": result.temperature,
+    }
+    atomic_write_text(args.out / "operating_point.json", json.dumps(operating, indent=2) + "\n")
+    _print_summary(metrics)
+    print(f"report: {paths['report']}")
+    return ExitCode.OK
