@@ -126,6 +126,10 @@ def check_is_image(ds: Any, path: str) -> None:
     reason = dm.non_image_reason(sop)
     if reason:
         raise NoImageError(reason, path)
+    if not _has_pixels(ds) and not sop and "Modality" not in ds:
+        raise CorruptFileError(
+            "not a usable DICOM data set (no SOP Class UID, no Modality, no Pixel Data)", path
+        )
     if not _has_pixels(ds):
         raise NoImageError(f"no image (SOP class {dm.sop_class_name(sop)}, no Pixel Data)", path)
 
@@ -161,7 +165,7 @@ def _decoder(ds: Any, path: str) -> Any:
             path,
         ) from None
     if not decoder.is_available:
-        missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items())
+        missing = "; ".join(str(m) for m in decoder.missing_dependencies)
         raise MissingDecoderError(f"{ts.name} pixel data needs a decoder; {_INSTALL_HINT} ({missing})", path)
     return decoder
 

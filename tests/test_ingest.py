@@ -1,0 +1,650 @@
+"""Ingestion on generated files whose truth is known by construction (no shared data needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image as PILImage
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medclass import ingest
+from medclass.errors import (
+    ConfigError,
+    CorruptFileError,
+    ImageTooLargeError,
+    InvalidPixelDataError,
+    MissingDecoderError,
+    NoImageError,
+    UnreadableFileError,
+    UnsupportedFormatError,
+)
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+# --- a tiny DICOM writer ---------------------------------------------------------------------------
+def make_dicom(
+    path: Path,
+    stored: np.ndarray | None = None,
+    *,
+    raw: bytes | None = None,
+    bits_allocated: int = 16,
+    bits_stored: int | None = None,
+    signed: bool = False,
+    photometric: str = "MONOCHROME2",
+    sop_class: str = CT,
+    frames: int | None = None,
+    rows: int | None = None,
+    cols: int | None = None,
+    samples: int = 1,
+    preamble: bool = True,
+    **attrs,
+) -> Path:
+    """Write a Part 10 file with ``stored`` values (or ``raw`` pixel bytes) and extra attributes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = attrs.pop("transfer_syntax", ExplicitVRLittleEndian)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = attrs.pop("study_uid", "1.2.3.4")
+    ds.SeriesInstanceUID = attrs.pop("series_uid", "1.2.3.4.5")
+    ds.PatientID = "PAT-1"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientBirthDate = "19700101"
+    ds.AccessionNumber = "ACC42"
+    ds.Modality = attrs.pop("modality", "CT")
+    if stored is not None or raw is not None or rows is not None:
+        if stored is not None:
+            r, c = stored.shape[-2:] if samples == 1 else stored.shape[-3:-1]
+            frames = frames or (stored.shape[0] if stored.ndim == (3 if samples == 1 else 4) else None)
+        ds.Rows = rows or r
+        ds.Columns = cols or c
+        ds.BitsAllocated = bits_allocated
+        ds.BitsStored = bits_stored or bits_allocated
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = int(signed)
+        ds.SamplesPerPixel = samples
+        if samples > 1:
+            ds.PlanarConfiguration = 0
+        ds.PhotometricInterpretation = photometric
+        if frames:
+            ds.NumberOfFrames = frames
+        if raw is None:
+            dtype = {8: "u1", 16: "u2", 32: "u4"}[bits_allocated]
+            raw = np.ascontiguousarray(stored).astype(("<i" if signed else "<u") + dtype[1]).tobytes()
+        raw = raw + (b"\x00" if len(raw) % 2 else b"")
+        if meta.TransferSyntaxUID.is_compressed:
+            from pydicom.encaps import encapsulate
+
+            ds.PixelData = encapsulate([raw])
+            ds["PixelData"].VR = "OB"
+        else:
+            ds.PixelData = raw
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    if preamble:
+        ds.save_as(path, enforce_file_format=True)
+    else:  # a bare implicit-VR data set: no preamble, no "DICM", no file meta
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset
+
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, True
+        write_dataset(fp, ds)
+        path.write_bytes(fp.getvalue())
+    return path
+
+
+def one(path) -> ingest.Image:
+    images = ingest.read(path)
+    assert len(images) == 1
+    return images[0]
+
+
+# --- format recognition and bad files ------------------------------------------------------------
+def test_dicom_recognised_by_content_without_extension(tmp_path):
+    f = make_dicom(tmp_path / "IM0001", np.arange(12, dtype=np.uint16).reshape(3, 4))
+    assert ingest.sniff(f) == "dicom"
+    img = one(f)
+    assert img.pixels.dtype == np.float32 and img.pixels.shape == (3, 4)
+    np.testing.assert_array_equal(img.pixels, np.arange(12).reshape(3, 4))
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"")
+    with pytest.raises(UnreadableFileError, match=r"a\.dcm: empty file"):
+        ingest.read(tmp_path / "a.dcm")
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(UnreadableFileError, match="no such file"):
+        ingest.read(tmp_path / "nope.dcm")
+    with pytest.raises(UnreadableFileError, match="is a folder"):
+        ingest.read(tmp_path)
+
+
+def test_unreadable_permissions(tmp_path, monkeypatch):
+    f = make_dicom(tmp_path / "locked.dcm", np.zeros((2, 2), np.uint16))
+    f.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: pretend the permission check says no
+        import medclass.ingest.base as base
+
+        monkeypatch.setattr(base.os, "access", lambda p, mode: False)
+    try:
+        with pytest.raises(UnreadableFileError, match=r"locked\.dcm: permission denied"):
+            ingest.read(f)
+    finally:
+        f.chmod(0o644)
+
+
+def test_garbage_named_dcm(tmp_path):
+    (tmp_path / "x.dcm").write_text("hello, I am a text file\n" * 20)
+    with pytest.raises(
+        UnsupportedFormatError, match=r"x\.dcm: named like a dicom file but the content is text"
+    ):
+        ingest.read(tmp_path / "x.dcm")
+
+
+def test_dicm_marker_then_garbage(tmp_path):
+    (tmp_path / "bad.dcm").write_bytes(b"\x00" * 128 + b"DICM" + os.urandom(300))
+    with pytest.raises((CorruptFileError, UnsupportedFormatError)) as e:
+        ingest.read(tmp_path / "bad.dcm")
+    assert "bad.dcm" in str(e.value)
+
+
+def test_truncated_dicom(tmp_path):
+    f = make_dicom(tmp_path / "t.dcm", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) - 3000])
+    with pytest.raises(CorruptFileError, match=r"t\.dcm: .*(truncated|less than expected|cannot be decoded)"):
+        ingest.read(f)
+    # truncated inside the header
+    f.write_bytes(data[:200])
+    with pytest.raises((CorruptFileError, NoImageError)):
+        ingest.read(f)
+
+
+def test_no_pixel_data_and_non_image_classes(tmp_path):
+    f = make_dicom(tmp_path / "sr.dcm", sop_class="1.2.840.10008.5.1.4.1.1.88.33")
+    with pytest.raises(NoImageError, match=r"sr\.dcm: no image \(SOP class Comprehensive SR Storage\)"):
+        ingest.read(f)
+    f = make_dicom(tmp_path / "ct_nopix.dcm")
+    with pytest.raises(NoImageError, match="CT Image Storage, no Pixel Data"):
+        ingest.read(f)
+    seg = make_dicom(
+        tmp_path / "seg.dcm",
+        np.ones((2, 2), np.uint8),
+        bits_allocated=8,
+        sop_class="1.2.840.10008.5.1.4.1.1.66.4",
+    )
+    with pytest.raises(NoImageError, match="Segmentation Storage"):
+        ingest.read(seg)
+    with pytest.raises(NoImageError):
+        ingest.read_meta(seg)
+
+
+def test_absurd_dimensions_refused_before_allocating(tmp_path, monkeypatch):
+    f = make_dicom(tmp_path / "huge.dcm", raw=b"\x00" * 16, rows=60000, cols=60000, frames=1000)
+    import medclass.ingest.dicom as dicom_mod
+
+    def boom(*a, **k):
+        raise AssertionError("decoder called")
+
+    monkeypatch.setattr(dicom_mod, "_decode", boom)
+    with pytest.raises(ImageTooLargeError, match=r"huge\.dcm: declared shape 1000x60000x60000 needs"):
+        ingest.read(f)
+    # the limit is configurable
+    small = make_dicom(tmp_path / "small.dcm", np.zeros((64, 64), np.uint16))
+    with pytest.raises(ImageTooLargeError):
+        ingest.read(small, max_bytes=1000)
+    monkeypatch.setenv("MEDCLASS_MAX_IMAGE_BYTES", "1000")
+    with pytest.raises(ImageTooLargeError):
+        ingest.read_frame(small, 0)
+
+
+def test_unknown_transfer_syntax_names_what_to_do(tmp_path):
+    f = make_dicom(
+        tmp_path / "mpeg.dcm", np.zeros((2, 2), np.uint16), transfer_syntax="1.2.840.10008.1.2.4.100"
+    )
+    with pytest.raises(MissingDecoderError, match=r"mpeg\.dcm: transfer syntax .*MPEG2.* no pixel decoder"):
+        ingest.read(f)
+
+
+def test_missing_plugin_gives_missing_decoder(monkeypatch):
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+
+    path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm", download=False)
+    monkeypatch.setattr(type(JPEGLSLosslessDecoder), "is_available", property(lambda self: False))
+    with pytest.raises(
+        MissingDecoderError, match="JPEG-LS Lossless.*needs a decoder; install pylibjpeg-libjpeg"
+    ):
+        ingest.read(path)
+
+
+# --- pixel semantics ------------------------------------------------------------------------------
+def test_rescale_slope_intercept(tmp_path):
+    stored = np.array([[0, 100], [1000, 4095]], np.uint16)
+    f = make_dicom(tmp_path / "r.dcm", stored, bits_stored=12, RescaleSlope="2.5", RescaleIntercept="-1024")
+    np.testing.assert_allclose(one(f).pixels, stored * 2.5 - 1024)
+
+
+def test_signed_data(tmp_path):
+    stored = np.array([[-1000, -1], [0, 3000]], np.int16)
+    f = make_dicom(tmp_path / "s.dcm", stored, signed=True, RescaleSlope=1, RescaleIntercept=0)
+    np.testing.assert_array_equal(one(f).pixels, stored)
+
+
+def test_12bit_junk_high_bits_unsigned(tmp_path):
+    truth = np.array([[0, 1, 2048], [4095, 100, 7]], np.uint16)
+    junk = truth | (np.array([[0xA, 0xF, 0x1], [0x5, 0x0, 0xC]], np.uint16) << 12)
+    f = make_dicom(tmp_path / "u12.dcm", junk, bits_stored=12)
+    px = one(f).pixels
+    np.testing.assert_array_equal(px, truth)
+    assert px.max() <= 4095
+
+
+def test_12bit_junk_high_bits_signed(tmp_path):
+    truth = np.array([[-2048, -1, 0], [2047, 5, -100]], np.int16)
+    # 12-bit two's complement in the low bits, random junk in the top 4
+    low = truth.astype(np.int32) & 0x0FFF
+    junk = (low | (np.array([[0x3, 0x0, 0xF], [0x8, 0x1, 0x6]]) << 12)).astype(np.uint16)
+    f = make_dicom(tmp_path / "s12.dcm", junk, bits_stored=12, signed=True)
+    np.testing.assert_array_equal(one(f).pixels, truth)
+
+
+def test_pixel_padding_value_and_range(tmp_path):
+    stored = np.array([[-2000, -2000, 0], [50, 1000, -1500]], np.int16)
+    f = make_dicom(
+        tmp_path / "p.dcm",
+        stored,
+        signed=True,
+        PixelPaddingValue=-2000,
+        RescaleIntercept=-1024,
+        RescaleSlope=1,
+    )
+    img = one(f)
+    np.testing.assert_array_equal(img.mask, stored != -2000)
+    assert img.pixels[img.mask].min() == -1500 - 1024  # padding compared on stored values
+    ds = pydicom.dcmread(f)
+    ds.PixelPaddingRangeLimit = -1500
+    ds["PixelPaddingRangeLimit"].VR = "SS"
+    ds.save_as(tmp_path / "pr.dcm")
+    img = one(tmp_path / "pr.dcm")
+    np.testing.assert_array_equal(img.mask, ~((stored >= -2000) & (stored <= -1500)))
+
+
+def test_meta_windows_voi_lut_and_phi(tmp_path):
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4, 10, 8])  # LUT Descriptor
+    item.add_new(0x00283006, "US", [0, 50, 200, 255])  # LUT Data
+    item.LUTExplanation = "tiny"
+    f = make_dicom(
+        tmp_path / "w.dcm",
+        np.zeros((2, 2), np.uint16),
+        WindowCenter=["40", "300"],
+        WindowWidth=["400", "1500"],
+        WindowCenterWidthExplanation=["SOFT", "BONE"],
+        VOILUTFunction="LINEAR_EXACT",
+        VOILUTSequence=Sequence([item]),
+        PixelSpacing=["0.5", "0.25"],
+        BodyPartExamined="CHEST",
+    )
+    for meta in (one(f).meta, ingest.read_meta(f)):
+        assert [(w.center, w.width, w.explanation, w.source, w.function) for w in meta.windows] == [
+            (40.0, 400.0, "SOFT", "header", "LINEAR_EXACT"),
+            (300.0, 1500.0, "BONE", "header", "LINEAR_EXACT"),
+        ]
+        assert meta.voi_lut is not None and meta.voi_lut.first_mapped == 10 and meta.voi_lut.bits == 8
+        np.testing.assert_array_equal(meta.voi_lut.table, [0, 50, 200, 255])
+        assert meta.pixel_spacing == (0.5, 0.25)
+        assert meta.body_part == "CHEST" and meta.modality == "CT" and meta.patient_id == "PAT-1"
+        assert meta.phi == {
+            "PatientName": "Doe^Jane",
+            "PatientBirthDate": "19700101",
+            "AccessionNumber": "ACC42",
+        }
+        assert meta.original_shape == (1, 2, 2) and meta.bits_stored == 16
+
+
+def test_monochrome1_not_inverted(tmp_path):
+    stored = np.array([[0, 10], [200, 255]], np.uint8)
+    f = make_dicom(tmp_path / "m1.dcm", stored, bits_allocated=8, photometric="MONOCHROME1", sop_class=SC)
+    img = one(f)
+    assert img.meta.photometric == "MONOCHROME1"
+    np.testing.assert_array_equal(img.pixels, stored)
+
+
+def test_ybr_full_becomes_rgb(tmp_path):
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [128, 128, 128]]], np.uint8)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    f = make_dicom(
+        tmp_path / "ybr.dcm", ybr, bits_allocated=8, samples=3, photometric="YBR_FULL", sop_class=SC
+    )
+    img = one(f)
+    assert img.is_color and img.meta.photometric == "YBR_FULL"
+    np.testing.assert_allclose(img.pixels, rgb, atol=2)
+
+
+def test_palette_color_generated(tmp_path):
+    idx = np.array([[0, 1], [2, 3]], np.uint8)
+    red = [0, 65535, 0, 32896]
+    green = [0, 0, 65535, 32896]
+    blue = [65535, 0, 0, 32896]
+    f = make_dicom(
+        tmp_path / "pal.dcm",
+        idx,
+        bits_allocated=8,
+        photometric="PALETTE COLOR",
+        sop_class=SC,
+        RedPaletteColorLookupTableDescriptor=[4, 0, 16],
+        GreenPaletteColorLookupTableDescriptor=[4, 0, 16],
+        BluePaletteColorLookupTableDescriptor=[4, 0, 16],
+        RedPaletteColorLookupTableData=np.array(red, "<u2").tobytes(),
+        GreenPaletteColorLookupTableData=np.array(green, "<u2").tobytes(),
+        BluePaletteColorLookupTableData=np.array(blue, "<u2").tobytes(),
+    )
+    img = one(f)
+    np.testing.assert_allclose(
+        img.pixels, [[[0, 0, 255], [255, 0, 0]], [[0, 255, 0], [128, 128, 128]]], atol=0.01
+    )
+
+
+def test_float_pixel_data_with_nan_masked(tmp_path):
+    values = np.array([[0.5, np.nan], [-3.25, 1e3]], np.float32)
+    f = make_dicom(tmp_path / "fl.dcm", sop_class="1.2.840.10008.5.1.4.1.1.30", modality="OT")
+    ds = pydicom.dcmread(f)
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 2, 2, 1, 32
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.FloatPixelData = values.tobytes()
+    ds.save_as(f)
+    img = one(f)
+    np.testing.assert_array_equal(img.mask, [[True, False], [True, True]])
+    assert np.isfinite(img.pixels).all()
+    np.testing.assert_array_equal(img.pixels[img.mask], values[np.isfinite(values)])
+
+
+def test_enhanced_per_frame_rescale_and_position(tmp_path):
+    stored = np.array([np.full((2, 3), 10), np.full((2, 3), 20)], np.uint16)
+    per = []
+    for k, (slope, icpt) in enumerate([(1.0, 0.0), (2.0, -5.0)]):
+        pvt = Dataset()
+        pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = slope, icpt, "US"
+        pos = Dataset()
+        pos.ImagePositionPatient = [0, 0, 7.5 * k]
+        item = Dataset()
+        item.PixelValueTransformationSequence = Sequence([pvt])
+        item.PlanePositionSequence = Sequence([pos])
+        per.append(item)
+    ori = Dataset()
+    ori.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    meas = Dataset()
+    meas.PixelSpacing = [0.8, 0.9]
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([ori])
+    shared.PixelMeasuresSequence = Sequence([meas])
+    f = make_dicom(
+        tmp_path / "ect.dcm",
+        stored,
+        sop_class="1.2.840.10008.5.1.4.1.1.2.1",
+        PerFrameFunctionalGroupsSequence=Sequence(per),
+        SharedFunctionalGroupsSequence=Sequence([shared]),
+    )
+    imgs = ingest.read(f)
+    assert [float(i.pixels[0, 0]) for i in imgs] == [10.0, 35.0]
+    assert [i.meta.slice_position for i in imgs] == [0.0, 7.5]
+    assert [i.meta.index for i in imgs] == [0, 1] and imgs[1].meta.n_frames == 2
+    assert imgs[0].meta.pixel_spacing == (0.8, 0.9)
+    assert ingest.read_frame(f, 1).pixels[0, 0] == 35.0
+    with pytest.raises(ConfigError, match="frame 2 out of range"):
+        ingest.read_frame(f, 2)
+
+
+def test_preambleless_dicom(tmp_path):
+    f = make_dicom(tmp_path / "raw", np.arange(4, dtype=np.uint16).reshape(2, 2), preamble=False)
+    assert f.read_bytes()[128:132] != b"DICM"
+    np.testing.assert_array_equal(one(f).pixels, [[0, 1], [2, 3]])
+
+
+def test_read_meta_does_not_decode(tmp_path, monkeypatch):
+    import medclass.ingest.dicom as dicom_mod
+
+    f = make_dicom(tmp_path / "m.dcm", np.zeros((4, 4), np.uint16))
+    monkeypatch.setattr(
+        dicom_mod, "_decode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded"))
+    )
+    meta = ingest.read_meta(f)
+    assert meta.original_shape == (1, 4, 4) and meta.format == "dicom"
+
+
+# --- series, policies, discover ------------------------------------------------------------------
+def _slice(tmp_path, name, z, inst, value, *, series="1.2.9", orientation=(1, 0, 0, 0, 1, 0)):
+    return make_dicom(
+        tmp_path / name,
+        np.full((4, 4), value, np.uint16),
+        series_uid=series,
+        ImagePositionPatient=[0, 0, z],
+        ImageOrientationPatient=list(orientation),
+        InstanceNumber=inst,
+    )
+
+
+def test_discover_groups_and_sorts_series_by_position(tmp_path):
+    # instance numbers deliberately disagree with the positions: position wins
+    for name, z, inst, val in [("b", 5.0, 1, 50), ("a", -5.0, 3, 10), ("c", 0.0, 2, 30)]:
+        _slice(tmp_path, name, z, inst, val)
+    _slice(tmp_path, "other", 0.0, 1, 99, series="1.2.10")
+    (tmp_path / "README.md").write_text("notes")
+    sources = ingest.discover([tmp_path])
+    assert [s.format for s in sources] == ["dicom-series", "dicom"]
+    series = sources[0]
+    assert [Path(p).name for p in series.paths] == ["a", "c", "b"]
+    assert series.positions == (-5.0, 0.0, 5.0)
+    imgs = ingest.load(series)
+    assert [float(i.pixels[0, 0]) for i in imgs] == [10, 30, 50]
+    assert [i.meta.index for i in imgs] == [0, 1, 2] and imgs[0].meta.original_shape == (3, 4, 4)
+    assert imgs[1].meta.source.endswith("c")
+    middle = ingest.load(series, slice_policy="middle")
+    assert len(middle) == 1 and middle[0].pixels[0, 0] == 30
+    assert ingest.load(series, slice_policy="index:-1")[0].pixels[0, 0] == 50
+
+
+def test_series_sorted_on_oblique_normal(tmp_path):
+    # sagittal slices: normal is x (row (0,1,0) x col (0,0,-1) = (-1,0,0)); position along it = -x
+    ori = (0, 1, 0, 0, 0, -1)
+    for name, x, val in [("s1", 10.0, 1), ("s2", 20.0, 2), ("s3", 0.0, 3)]:
+        make_dicom(
+            tmp_path / name,
+            np.full((2, 2), val, np.uint16),
+            series_uid="1.3",
+            ImagePositionPatient=[x, 0, 0],
+            ImageOrientationPatient=list(ori),
+            InstanceNumber=1,
+        )
+    (src,) = ingest.discover([tmp_path])
+    assert [Path(p).name for p in src.paths] == ["s2", "s1", "s3"]  # -20 < -10 < 0
+
+
+def test_series_without_geometry_sorted_by_instance_number(tmp_path):
+    for name, inst in [("x", 3), ("y", 1), ("z", 2)]:
+        make_dicom(tmp_path / name, np.full((2, 2), inst, np.uint16), series_uid="1.4", InstanceNumber=inst)
+    (src,) = ingest.discover([tmp_path])
+    assert [Path(p).name for p in src.paths] == ["y", "z", "x"] and src.positions == ()
+
+
+def test_discover_reports_bad_files_but_skips_non_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "broken.dcm").write_text("not dicom")
+    (tmp_path / "empty.png").write_bytes(b"")
+    sources = ingest.discover([tmp_path, tmp_path / "missing.nii"])
+    assert sorted(Path(s.path).name for s in sources) == ["broken.dcm", "empty.png", "missing.nii"]
+    for s in sources:
+        with pytest.raises((UnsupportedFormatError, UnreadableFileError)):
+            ingest.load(s)
+
+
+def test_slice_policies(tmp_path):
+    vol = np.zeros((8, 8, 5), np.float32)
+    vol[2:6, 2:6, 3] = 100  # largest foreground on slice 3
+    vol[3:5, 3:5, 1] = 100
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
+    f = tmp_path / "v.nii.gz"
+    assert len(ingest.read(f)) == 5
+    assert [i.meta.index for i in ingest.read(f, slice_policy="middle")] == [2]
+    assert [i.meta.index for i in ingest.read(f, slice_policy="max-foreground")] == [3]
+    assert [i.meta.index for i in ingest.read(f, slice_policy="index:4")] == [4]
+    with pytest.raises(ConfigError, match="valid: all, middle, max-foreground, index:N"):
+        ingest.read(f, slice_policy="biggest")
+    with pytest.raises(ConfigError, match="out of range"):
+        ingest.read(f, slice_policy="index:9")
+    with pytest.raises(ConfigError, match="must be an integer"):
+        ingest.get_slice_policy("index:x")
+
+
+def test_unknown_reader_lists_valid():
+    with pytest.raises(ConfigError, match="valid: dicom, nifti, png, jpeg, npz"):
+        ingest.get_reader("tiff")
+
+
+# --- NIfTI ------------------------------------------------------------------------------------------
+def _asym_volume():
+    vol = np.zeros((4, 5, 3), np.float32)  # x, y, z
+    vol[0, 0, 0] = 1  # the voxel at the smallest x, y, z
+    vol[3, 0, 0] = 2
+    vol[0, 4, 0] = 3
+    vol[0, 0, 2] = 4
+    return vol
+
+
+def test_nifti_orientation_ras_las_lps_agree(tmp_path):
+    vol = _asym_volume()
+    ras = np.diag([2.0, 3.0, 4.0, 1.0])
+    nib.save(nib.Nifti1Image(vol, ras), tmp_path / "ras.nii")
+    # the same anatomy stored with x flipped (LAS) and with x, y flipped (LPS)
+    las = ras.copy()
+    las[0, 0], las[0, 3] = -2.0, 6.0
+    nib.save(nib.Nifti1Image(vol[::-1].copy(), las), tmp_path / "las.nii.gz")
+    lps = las.copy()
+    lps[1, 1], lps[1, 3] = -3.0, 12.0
+    nib.save(nib.Nifti1Image(vol[::-1, ::-1].copy(), lps), tmp_path / "lps.nii")
+    results = [ingest.read(tmp_path / n) for n in ("ras.nii", "las.nii.gz", "lps.nii")]
+    for imgs in results[1:]:
+        for a, b in zip(results[0], imgs, strict=True):
+            np.testing.assert_array_equal(a.pixels, b.pixels)
+            assert a.meta.slice_position == pytest.approx(b.meta.slice_position)
+    s0 = results[0][0].pixels
+    assert s0.shape == (5, 4)  # rows = y (A->P), cols = x (R->L)
+    # radiological axial: patient's right (max x) on the image left, anterior (max y) at the top
+    assert s0[4, 3] == 1 and s0[4, 0] == 2 and s0[0, 3] == 3
+    assert results[0][2].pixels[4, 3] == 4  # slices run inferior -> superior
+    assert results[0][0].meta.pixel_spacing == (3.0, 2.0)
+    assert [i.meta.slice_position for i in results[0]] == [0.0, 4.0, 8.0]
+
+
+def test_nifti_nan_masked_all_nan_refused(tmp_path):
+    vol = np.ones((3, 3, 2), np.float32)
+    vol[1, 1, 0] = np.nan
+    vol[0, 0, 1] = np.inf
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "n.nii")
+    imgs = ingest.read(tmp_path / "n.nii")
+    assert all(np.isfinite(i.pixels).all() for i in imgs)
+    assert (~imgs[0].mask).sum() == 1 and (~imgs[1].mask).sum() == 1
+    nib.save(nib.Nifti1Image(np.full((2, 2, 2), np.nan, np.float32), np.eye(4)), tmp_path / "all.nii")
+    with pytest.raises(InvalidPixelDataError, match=r"all\.nii: every voxel is NaN"):
+        ingest.read(tmp_path / "all.nii")
+
+
+def test_nifti_4d_refused_singleton_ok(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 2, 4), np.int16), np.eye(4)), tmp_path / "f.nii")
+    with pytest.raises(InvalidPixelDataError, match=r"f\.nii: 4D volume 3x3x2x4"):
+        ingest.read(tmp_path / "f.nii")
+    nib.save(nib.Nifti1Image(np.ones((3, 3, 2, 1), np.int16), np.eye(4)), tmp_path / "s.nii")
+    assert len(ingest.read(tmp_path / "s.nii")) == 2
+
+
+def test_nifti_truncated_gz(tmp_path):
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 20), dtype=np.float32), np.eye(4)),
+        tmp_path / "t.nii.gz",
+    )
+    data = (tmp_path / "t.nii.gz").read_bytes()
+    (tmp_path / "t.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match=r"t\.nii\.gz"):
+        ingest.read(tmp_path / "t.nii.gz")
+
+
+# --- PNG / JPEG / npz -------------------------------------------------------------------------------
+def test_png_16bit_keeps_values(tmp_path):
+    arr = np.array([[0, 1000], [40000, 65535]], np.uint16)
+    PILImage.fromarray(arr).save(tmp_path / "a.png")
+    img = one(tmp_path / "a.png")
+    np.testing.assert_array_equal(img.pixels, arr)
+    assert img.meta.bits_stored == 16 and img.meta.photometric == "MONOCHROME2" and img.meta.format == "png"
+
+
+def test_png_grey_rgb_rgba_palette(tmp_path):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    PILImage.fromarray(grey).save(tmp_path / "g.png")
+    np.testing.assert_array_equal(one(tmp_path / "g.png").pixels, grey)
+    rgb = np.stack([grey, grey // 2, 255 - grey], -1)
+    PILImage.fromarray(rgb).save(tmp_path / "c.png")
+    np.testing.assert_array_equal(one(tmp_path / "c.png").pixels, rgb)
+    PILImage.fromarray(np.dstack([rgb, np.full_like(grey, 7)])).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(one(tmp_path / "a.png").pixels, rgb)
+    PILImage.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    assert one(tmp_path / "p.png").pixels.shape == (3, 4, 3)
+
+
+def test_jpeg_grey_and_rgb_of_grey(tmp_path):
+    grey = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (32, 1))
+    PILImage.fromarray(grey).save(tmp_path / "g.jpg", quality=95)
+    PILImage.fromarray(np.dstack([grey] * 3)).save(tmp_path / "c.jpeg", quality=95)
+    g, c = one(tmp_path / "g.jpg"), one(tmp_path / "c.jpeg")
+    assert g.pixels.shape == (32, 64) and c.pixels.shape == (32, 64, 3)
+    assert c.meta.photometric == "RGB" and g.meta.format == "jpeg"
+    assert np.abs(g.pixels - grey).mean() < 2 and np.abs(c.pixels[..., 1] - grey).mean() < 2
+
+
+def test_truncated_png(tmp_path):
+    PILImage.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)).save(
+        tmp_path / "t.png"
+    )
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match=r"t\.png"):
+        ingest.read(tmp_path / "t.png")
+
+
+def test_npz_frame_order(tmp_path):
+    train = np.stack([np.full((4, 4), i, np.uint8) for i in range(3)])
+    val = np.full((1, 4, 4), 10, np.uint8)
+    test = np.full((2, 4, 4), 20, np.uint8)
+    extra = np.full((1, 4, 4), 30, np.uint8)
+    np.savez(
+        tmp_path / "m.npz",
+        extra_images=extra,
+        test_images=test,
+        train_images=train,
+        val_images=val,
+        train_labels=np.zeros((3, 1)),
+    )
+    f = tmp_path / "m.npz"
+    imgs = ingest.read(f)
+    assert [float(i.pixels[0, 0]) for i in imgs] == [0, 1, 2, 10, 20, 20, 30]
+    assert ingest.read_frame(f, 3).pixels[0, 0] == 10 and ingest.read_frame(f, 3).meta.n_frames == 7
+    np.savez(tmp_path / "labels.npz", train_labels=np.zeros(3))
+    with pytest.raises(NoImageError, match="no '\\*_images' array"):
+        ingest.read(tmp_path / "labels.npz")
