@@ -228,7 +228,7 @@ def test_missing_plugin_gives_missing_decoder(monkeypatch):
     path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm", download=False)
     monkeypatch.setattr(type(JPEGLSLosslessDecoder), "is_available", property(lambda self: False))
     with pytest.raises(
-        MissingDecoderError, match="JPEG-LS Lossless.*needs a decoder; install pylibjpeg-libjpeg"
+        MissingDecoderError, match=r"JPEG-LS Lossless.*needs a decoder; install pylibjpeg-libjpeg"
     ):
         ingest.read(path)
 
