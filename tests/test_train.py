@@ -7,6 +7,7 @@ import argparse
 import itertools
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +227,224 @@ def test_affine_fills_with_black_and_moves_a_blob():
     assert cols.float().mean() < 31  # zooming out moves the blob toward the centre
     flipped = RandomAffine(0.0, (1.0, 1.0), 0.0, hflip=1.0)(x, torch.Generator().manual_seed(0))
     assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
+
+
+# --- end to end through the loop (tiny: 75 px, 8 train + 4 val images, batch 4) --------------------------
+
+from test_dataset import make_png_set  # noqa: E402
+
+
+def _config(manifest: Path, out: Path, **kw):
+    values = dict(
+        manifest=str(manifest),
+        out=str(out),
+        data_root=str(manifest.parent),
+        image_size=75,
+        batch_size=4,
+        epochs=1,
+        lr=1e-3,
+        device="cpu",
+        progress=False,
+        workers=0,
+        warmup_epochs=0,
+        seed=0,
+    )
+    values.update(kw)
+    return resolve_config(None, values)
+
+
+def _init_model(seed: int = 0):
+    """The random init `train` starts from with this seed (it seeds, then builds the model)."""
+    from medclass.model import create_model
+    from medclass.train.loop import seed_everything
+
+    seed_everything(seed)
+    return create_model(2, aux_logits=True, image_size=75)
+
+
+def _weights(stem: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(stem) + ".safetensors")
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory) -> Path:
+    return make_png_set(tmp_path_factory.mktemp("train_pngs"))
+
+
+def test_aux_head_trains_and_its_loss_falls():
+    from medclass.model import apply_mode, create_model
+    from medclass.train.objective import InceptionLoss
+    from medclass.train.steps import StepRunner
+
+    torch.manual_seed(0)
+    model = create_model(2, aux_logits=True, image_size=75)
+    groups = apply_mode(model, "full", backbone_lr_scale=1.0)
+    before = {k: v.clone() for k, v in model.AuxLogits.state_dict().items()}
+    opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=1e-3)
+    runner = StepRunner(
+        model,
+        opt,
+        InceptionLoss("multiclass", aux_weight=0.4),
+        device=torch.device("cpu"),
+        precision="fp32",
+        channels_last=True,
+    )
+    x, y = torch.randn(8, 3, 75, 75), torch.tensor([0, 1] * 4)
+    aux_losses = [float(runner.step(x, y)[2]) for _ in range(6)]
+    assert aux_losses[-1] < aux_losses[0] * 0.8, aux_losses
+    after = model.AuxLogits.state_dict()
+    for name in ("conv0.conv.weight", "conv1.conv.weight", "fc.weight"):
+        assert not torch.equal(before[name], after[name]), name
+
+
+def test_aux_weight_zero_leaves_the_aux_head_untouched(pngs, tmp_path):
+    from medclass.train import train
+
+    init = _init_model(0).state_dict()
+    result = train(_config(pngs, tmp_path / "run", aux_weight=0.0, mode="full"))
+    last = _weights(result.last)
+    aux = [k for k in last if k.startswith("AuxLogits.")]
+    assert aux and all(torch.equal(last[k], init[k]) for k in aux)
+    assert not torch.equal(last["Mixed_7c.branch1x1.conv.weight"], init["Mixed_7c.branch1x1.conv.weight"])
+    assert result.history[0]["train_aux_loss"] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["linear", "partial"])
+def test_frozen_modes_freeze_what_they_say(pngs, tmp_path, mode):
+    from medclass.train import train
+
+    init = _init_model(0).state_dict()
+    result = train(_config(pngs, tmp_path / mode, mode=mode, partial_blocks=1, lr=1e-2))
+    last = _weights(result.last)
+    changed = {k for k in last if not torch.equal(last[k], init[k])}
+    assert "fc.weight" in changed and "AuxLogits.fc.weight" in changed
+    # frozen layers: weights and BatchNorm statistics exactly as initialised
+    assert not any(k.startswith(("Conv2d_1a", "Mixed_5b", "Mixed_7b")) for k in changed)
+    if mode == "linear":
+        assert all(k.startswith(("fc.", "AuxLogits.fc.")) for k in changed), sorted(changed)[:5]
+    else:  # partial_blocks=1: the last block (Mixed_7c), its BatchNorms, the aux head and fc train
+        assert "Mixed_7c.branch1x1.conv.weight" in changed and "Mixed_7c.branch1x1.bn.running_mean" in changed
+        assert "AuxLogits.conv0.conv.weight" in changed
+
+
+def test_checkpoints_run_files_and_exact_resume(pngs, tmp_path):
+    import yaml
+
+    from medclass import checkpoint
+    from medclass.train import train
+
+    full = train(_config(pngs, tmp_path / "full", epochs=2))
+    part = train(_config(pngs, tmp_path / "part", epochs=2), max_epochs=1)
+    assert part.last_epoch == 1
+    resumed = train(_config(pngs, tmp_path / "part", epochs=2), resume=True)
+    assert resumed.resumed_from == 1 and resumed.last_epoch == 2
+    a, b = _weights(full.last), _weights(resumed.last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows_a = runfiles_rows(tmp_path / "full")
+    rows_b = runfiles_rows(tmp_path / "part")
+    assert [r["epoch"] for r in rows_b] == [1, 2]
+    assert [r["val_auc"] for r in rows_a] == [r["val_auc"] for r in rows_b]
+
+    run = tmp_path / "full"
+    for name in (
+        "best.safetensors",
+        "best.json",
+        "last.safetensors",
+        "last.json",
+        "last.state.json",
+        "metrics.csv",
+        "config.yaml",
+    ):
+        assert (run / name).is_file(), name
+    ck = checkpoint.load(run / "best")
+    assert ck.meta["classes"] == ["normal", "opacity"] and ck.meta["task"] == "multiclass"
+    assert ck.meta["input"]["size"] == 75 and ck.meta["window"] == "auto" and ck.meta["fit"] == "letterbox"
+    assert ck.meta["seed"] == 0 and set(ck.meta["versions"]) >= {"medclass", "torch", "timm"}
+    assert ck.meta["metrics"]["epoch"] == full.best_epoch
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    from medclass.manifest import load_manifest
+
+    assert saved["manifest_sha256"] == load_manifest(pngs, pngs.parent).sha256 == ck.meta["manifest_sha256"]
+    assert saved["config"]["image_size"] == 75 and saved["config"]["epochs"] == 2
+    assert len(rows_a) == 2 and rows_a[0]["val_count"] == 4
+    assert all(0.0 <= r["val_auc"] <= 1.0 for r in rows_a)
+    assert rows_a[1]["train_loss"] == pytest.approx(
+        rows_a[1]["train_main_loss"] + 0.4 * rows_a[1]["train_aux_loss"], rel=1e-4
+    )
+
+    # a new run refuses an occupied folder; a resume refuses another manifest or other settings
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(_config(pngs, run))
+    with pytest.raises(ConfigError, match="lr"):
+        train(_config(pngs, run, epochs=3, lr=0.5), resume=True)
+    other = pngs.parent / "other.csv"
+    other.write_text(pngs.read_text().replace("p00,", "p99,"))
+    with pytest.raises(ConfigError, match="manifest changed"):
+        train(_config(other, run, epochs=3), resume=True)
+
+
+def runfiles_rows(run: Path) -> list[dict]:
+    from medclass.train.runfiles import read_metrics
+
+    return read_metrics(run / "metrics.csv")
+
+
+def test_cli_run_skips_a_corrupt_file_and_goes_on(tmp_path, capsys, caplog):
+    from medclass.cli import ExitCode, main
+
+    manifest = make_png_set(tmp_path / "data", corrupt=1)
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--image-size",
+            "75",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--workers",
+            "0",
+            "--lr",
+            "0.001",
+        ]
+    )
+    assert code == ExitCode.PARTIAL
+    text = capsys.readouterr().out
+    assert "best epoch 1" in text and "broken0.png" in text and str(out / "best") in text
+    assert (out / "best.safetensors").is_file() and (out / "last.json").is_file()
+
+
+def test_multilabel_trains_with_sigmoid_bce(tmp_path):
+    from medclass import checkpoint
+    from medclass.train import train
+
+    manifest = make_png_set(tmp_path / "data", multilabel=True)
+    result = train(_config(manifest, tmp_path / "run"))
+    row = result.history[0]
+    assert 0.3 < row["train_main_loss"] < 1.5  # BCE-sized, not a 2-class CE with smoothing
+    assert 0.0 <= row["val_auc"] <= 1.0 and row["val_count"] == 4
+    meta = checkpoint.load(result.best).meta
+    assert meta["task"] == "multilabel" and meta["classes"] == ["blob", "line"]
+
+
+@pytest.mark.parametrize(("imbalance", "optimizer"), [("weighted", "adamw"), ("balanced", "rmsprop")])
+def test_imbalance_options_run(tmp_path, imbalance, optimizer, caplog):
+    from medclass.train import train
+
+    manifest = make_png_set(tmp_path / "data", positives=0.25)
+    with caplog.at_level(logging.INFO, logger="medclass"):
+        result = train(_config(manifest, tmp_path / "run", imbalance=imbalance, optimizer=optimizer))
+    assert result.last_epoch == 1 and math.isfinite(result.history[0]["train_loss"])
+    if imbalance == "weighted":
+        assert "class weights for the loss: [0.667, 2.0]" in caplog.text
+    assert "training from scratch (random init)" in caplog.text

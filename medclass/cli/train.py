@@ -23,7 +23,7 @@ RUN_DIR/config.yaml with the manifest's sha256, the package versions and the see
 
 The run folder receives:
   best.safetensors + best.json   weights of the epoch with the best val AUC, and their metadata
-  last.safetensors + last.json   weights after the last epoch (+ last.state, to --resume)
+  last.safetensors + last.json   weights after the last epoch (+ last.state.*, to --resume)
   metrics.csv                    epoch, lr, train/val losses, val AUC, seconds, img/s
   config.yaml                    the resolved settings
 
@@ -229,7 +229,7 @@ def _summary(result: Any) -> None:
     console.print(f"[bold]training {how}[/bold] after epoch {result.last_epoch}")
     console.print(f"  best epoch {result.best_epoch}: val AUC {auc}")
     console.print(f"  best checkpoint: {result.best}.safetensors (+ .json)")
-    console.print(f"  last checkpoint: {result.last}.safetensors (+ .json, .state for --resume)")
+    console.print(f"  last checkpoint: {result.last}.safetensors (+ .json; last.state.* for --resume)")
     console.print(f"  metrics: {result.run_dir / 'metrics.csv'}   config: {result.run_dir / 'config.yaml'}")
     if result.skipped:
         console.print(f"[yellow]  {len(result.skipped)} image(s) skipped (unreadable):[/yellow]")

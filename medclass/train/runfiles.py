@@ -6,7 +6,7 @@
     RUN_DIR/metrics.csv        one row per epoch (rewritten atomically after each epoch)
     RUN_DIR/best.safetensors   weights of the epoch with the best val AUC  (+ best.json sidecar)
     RUN_DIR/last.safetensors   weights after the last finished epoch       (+ last.json sidecar)
-    RUN_DIR/last.state         optimizer, scheduler, RNG and early-stopping state for --resume
+    RUN_DIR/last.state.*       optimizer, scheduler, RNG and early-stopping state for --resume
     RUN_DIR/tensorboard/       optional event files
 
 Only rank 0 calls the writers.
@@ -17,11 +17,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medclass.errors import ConfigError
@@ -73,26 +71,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
                     parsed[k] = v
         out.append(parsed)
     return out
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG a training step may touch (python, numpy, torch CPU and CUDA)."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def tensorboard_writer(run_dir: Path) -> Any:
@@ -158,33 +136,26 @@ class RunIO:
         return stem
 
     def save_state(self, optimizer: Any, scheduler: Any, tracker: Any, epoch: int) -> None:
+        """Optimizer, scheduler, RNG and early-stopping state beside ``last`` (``last.state.*``)."""
         from medclass import checkpoint
 
-        state = {
-            "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "tracker": tracker.state(),
-            "rng": rng_state(),
-        }
-        checkpoint.save_training_state(self.run_dir / "last", state)
+        checkpoint.save_training_state(
+            self.run_dir / "last", optimizer, scheduler, epoch=epoch, extra={"tracker": tracker.state()}
+        )
 
     def restore(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, tracker: Any) -> int:
         """Load ``last`` weights and training state into the given objects; returns finished epochs.
 
-        Raises :class:`~medclass.errors.CheckpointError` when they are missing or unreadable.
+        Raises :class:`~medclass.errors.CheckpointError` when they are missing, corrupt or do not fit.
         """
         from medclass import checkpoint
 
         stem = self.run_dir / "last"
-        source = checkpoint.load(stem).model
-        model.load_state_dict(source.state_dict())
-        state = checkpoint.load_training_state(stem)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        tracker.load(state["tracker"])
-        set_rng_state(state["rng"])
-        return int(state["epoch"])
+        state, _ = checkpoint.read_state_dict(stem)
+        model.load_state_dict(state, strict=True)
+        saved = checkpoint.load_training_state(stem, optimizer, scheduler)
+        tracker.load(saved.extra["tracker"])
+        return int(saved.epoch)
 
 
 def _versions() -> dict[str, str]:
