@@ -118,8 +118,9 @@ def _level(lv: LevelResult, rule: str, description: str) -> dict[str, Any]:
         "n_test": lv.n_test,
         "classes": {name: _class(c, rule, description) for name, c in lv.classes.items()},
         "macro": macro,
-        "micro": _boot(lv.micro),
     }
+    if len(lv.classes) > 1:  # micro-averaging the two columns of a binary task means nothing
+        out["micro"] = _boot(lv.micro)
     if lv.multiclass is not None:
         out["multiclass"] = {
             "accuracy": _num(lv.multiclass.accuracy),

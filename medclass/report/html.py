@@ -96,7 +96,9 @@ def _auc_rows(level: Mapping[str, Any]) -> list[list[str]]:
         rows.append([esc(name), num(c.get("n")), num(c.get("n_pos")), num(c.get("prevalence")), ci(c, "auc"),
                      interval(c, "auc_delong_ci_low", "auc_delong_ci_high"), num(c.get("average_precision"))])  # fmt: skip
     for key in ("macro", "micro"):
-        m = level.get(key) or {}
+        if key not in level:
+            continue
+        m = level[key]
         dl = interval(m, "auc_delong_ci_low", "auc_delong_ci_high") if "auc_delong_ci_low" in m else ""
         rows.append([f"<b>{key} average</b>", "", "", "", ci(m, "auc"), dl, ""])
     return rows
@@ -171,6 +173,10 @@ def _calibration_rows(level: Mapping[str, Any]) -> list[list[str]]:
 def _level_section(
     name: str, level: Mapping[str, Any], figures: Mapping[str, tuple[bytes, str]], agg: str
 ) -> str:
+    def figs(*kinds: str) -> str:
+        found = [figures[f"{k}_{name}"] for k in kinds if f"{k}_{name}" in figures]
+        return "<div>" + "".join(figure(png, cap, cap) for png, cap in found) + "</div>" if found else ""
+
     title = "Image level" if name == "image" else "Patient level"
     parts = [f"<h2>{esc(title)}</h2>"]
     note = f"validation n = {num(level.get('n_val'))}, test n = {num(level.get('n_test'))}"
@@ -180,6 +186,7 @@ def _level_section(
     parts.append("<h3>Discrimination (test split)</h3>")
     parts.append(table(["class", "n", "positives", "prevalence", "AUC [95% bootstrap CI]", "DeLong 95% CI",
                         "average precision"], _auc_rows(level)))  # fmt: skip
+    parts.append(figs("roc", "pr"))
     parts.append("<h3>Operating point (threshold chosen on validation, applied unchanged to test)</h3>")
     parts.append(table(["class", "threshold", "sensitivity [95% CI]", "specificity [95% CI]", "PPV [95% CI]",
                         "NPV [95% CI]", "F1", "accuracy", "TP / FP / TN / FN"], _operating_rows(level)))  # fmt: skip
@@ -192,12 +199,10 @@ def _level_section(
     mc = level.get("multiclass")
     if mc and len(mc.get("classes", [])) > 2:
         parts.append(f"<p>Arg-max accuracy (single label): <b>{num(mc.get('accuracy'))}</b></p>")
+    parts.append(figs("confusion"))
     parts.append("<h3>Calibration (test split)</h3>")
     parts.append(table(["class", "Brier score", "ECE", "MCE", "bins"], _calibration_rows(level)))
-    figs = [
-        figure(png, caption, caption) for key, (png, caption) in figures.items() if key.endswith(f"_{name}")
-    ]
-    parts.append("<div>" + "".join(figs) + "</div>")
+    parts.append(figs("reliability"))
     return "".join(parts)
 
 

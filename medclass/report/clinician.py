@@ -1,0 +1,266 @@
+"""The clinician's saliency report: one self-contained HTML page (and a PDF) per study.
+
+Takes plain data only (:class:`ClinicianReport`: PNG bytes, probabilities, strings) — never a model. Every
+string that may come from a file header is HTML-escaped; images are embedded as base64 so the file opens
+anywhere without network access. What identifies the patient is decided by the caller through
+:mod:`medclass.phi` (a pseudonym by default); this module prints exactly the ``patient`` fields it is given.
+The PDF is composed by :mod:`medclass.report.clinician_pdf`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+NOT_FOR_DIAGNOSIS = (
+    "NOT FOR DIAGNOSTIC USE. Research software: these maps show which image regions changed the model's "
+    "output, not where disease is. Do not base clinical decisions on this report."
+)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The decision threshold for one class and, when evaluated, what it achieved."""
+
+    class_name: str
+    threshold: float
+    sensitivity: float | None = None
+    specificity: float | None = None
+    source: str = ""  # e.g. "test split, 624 images"
+
+
+@dataclass(frozen=True)
+class ImageSection:
+    """One explained image: its pictures, scores and the faithfulness of its map."""
+
+    image_id: str
+    description: str  # e.g. "CR, PA chest" (no identifiers)
+    original_png: bytes
+    overlay_png: bytes
+    classes: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    explained_class: str
+    faithfulness: float | None = None
+    faithfulness_metric: str = ""
+    faithfulness_meaning: str = ""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Facts about the model shown in every report."""
+
+    model_sha256: str = ""
+    training_data: str = ""  # manifest name and sha256
+    intended_use: str = (
+        "Research and teaching: shows what an Inception V3 classifier trained on the data above responds "
+        "to. Not a medical device; not validated for clinical decisions."
+    )
+    task: str = "multiclass"
+    input_size: int = 299
+    software: str = ""
+    randomisation_check: float | None = None  # mean Spearman ρ trained vs randomised top layers
+
+
+@dataclass(frozen=True)
+class ClinicianReport:
+    """Everything one study's report shows. ``patient``: label → value, already de-identified (or not)."""
+
+    report_id: str
+    patient: Mapping[str, str]
+    images: Sequence[ImageSection]
+    method: str
+    layer: str
+    grid: tuple[int, int]
+    operating_points: Sequence[OperatingPoint] = ()
+    model: ModelCard = field(default_factory=ModelCard)
+    generated: str = ""
+    top_percent: float | None = 10.0
+    colormap: str = "jet"
+
+
+# --- texts shared by the HTML and the PDF ---------------------------------------------------------
+def threshold_text(op: OperatingPoint | None, class_name: str) -> str:
+    """What the operating threshold of ``class_name`` means, or that the model was not evaluated."""
+    if op is None:
+        return (
+            f"{class_name}: no operating threshold — not evaluated. This checkpoint carries no evaluation "
+            "results, so the probabilities below have no validated cut-off and may be miscalibrated."
+        )
+    text = f"{op.class_name}: called positive when its probability is ≥ {op.threshold:.3f}."
+    if op.sensitivity is not None and op.specificity is not None:
+        where = f" on {op.source}" if op.source else " in evaluation"
+        text += (
+            f" At this threshold the model found {op.sensitivity:.1%} of positive cases (sensitivity) and "
+            f"correctly cleared {op.specificity:.1%} of negative cases (specificity){where}."
+        )
+    else:
+        text += " Sensitivity and specificity at this threshold: not evaluated."
+    return text
+
+
+def method_limits(method: str, layer: str, grid: tuple[int, int], input_size: int) -> str:
+    """An honest paragraph on what the saliency method can and cannot show."""
+    rows, cols = grid
+    cell = input_size / max(rows, cols)
+    return (
+        f"Method: {method} on layer {layer} of Inception V3, computed with the pytorch-grad-cam package. "
+        f"The map says which regions most increased the model's score for the explained class; it is not a "
+        f"segmentation and not a localisation of disease (saliency ≠ localisation). The layer's output is a "
+        f"{rows}×{cols} grid at {input_size}×{input_size} input, so each map cell covers about "
+        f"{cell:.0f}×{cell:.0f} input pixels: the smooth colours are interpolation, fine detail is not "
+        "resolved, and small findings may be highlighted at a neighbouring cell. Each map is scaled to its "
+        "own maximum, so colours cannot be compared between images. A model can rely on shortcuts "
+        "(markers, text, positioning, image borders) and the map will faithfully show them; a confident "
+        "map does not make a prediction correct."
+    )
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted, or "not evaluated" for None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not evaluated"
+    return format(value, spec)
+
+
+def operating_points_from_meta(meta: Mapping[str, Any]) -> list[OperatingPoint]:
+    """Operating points from a checkpoint's ``meta`` (``operating_point`` and ``metrics``).
+
+    Accepts ``operating_point`` as ``{"class", "threshold", "sensitivity", "specificity"}``, a list of
+    those, ``{class: threshold}`` or ``{class: {threshold, sensitivity, specificity}}``; sensitivity and
+    specificity missing there are looked up in ``metrics`` (``metrics[class]`` or ``metrics``). Returns []
+    when the checkpoint was not evaluated.
+    """
+    op = meta.get("operating_point")
+    metrics = meta.get("metrics") or {}
+    if not op:
+        return []
+    items: list[tuple[str, Any]] = []
+    if isinstance(op, list):
+        items = [(str(o.get("class", o.get("class_name", ""))), o) for o in op if isinstance(o, Mapping)]
+    elif isinstance(op, Mapping) and "threshold" in op:
+        items = [(str(op.get("class", op.get("class_name", ""))), op)]
+    elif isinstance(op, Mapping):
+        items = list(op.items())
+    out = []
+    for name, value in items:
+        d = dict(value) if isinstance(value, Mapping) else {"threshold": value}
+        if not isinstance(d.get("threshold"), int | float):
+            continue
+        m = metrics.get(name) if isinstance(metrics.get(name), Mapping) else metrics
+        sens = d.get("sensitivity", m.get("sensitivity") if isinstance(m, Mapping) else None)
+        spec = d.get("specificity", m.get("specificity") if isinstance(m, Mapping) else None)
+        out.append(
+            OperatingPoint(
+                class_name=name,
+                threshold=float(d["threshold"]),
+                sensitivity=float(sens) if isinstance(sens, int | float) else None,
+                specificity=float(spec) if isinstance(spec, int | float) else None,
+                source=str(d.get("source", d.get("split", ""))),
+            )
+        )
+    return out
+
+
+def operating_point_for(report: ClinicianReport, class_name: str) -> OperatingPoint | None:
+    for op in report.operating_points:
+        if op.class_name == class_name or (not op.class_name and len(report.operating_points) == 1):
+            return op
+    return None
+
+
+# --- HTML -----------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1b1f24;background:#fff}
+main{max-width:1100px;margin:0 auto;padding:16px 24px}
+.warn{background:#b00020;color:#fff;font-weight:700;padding:12px 16px;border-radius:6px;font-size:1.05em}
+h1{font-size:1.5em;margin:16px 0 4px}h2{font-size:1.2em;margin:24px 0 8px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f4f6}.imgs{display:flex;flex-wrap:wrap;gap:12px}.imgs figure{margin:0;flex:1 1 320px}
+.imgs img{max-width:100%;height:auto;border:1px solid #ccc}figcaption{font-size:.9em;color:#444}
+.pos{font-weight:700;color:#b00020}.muted{color:#555;font-size:.92em}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _image_section(report: ClinicianReport, index: int, sec: ImageSection) -> str:
+    rows = []
+    for name, p in zip(sec.classes, sec.probabilities, strict=True):
+        op = operating_point_for(report, name)
+        call = "—" if op is None else ("above threshold" if p >= op.threshold else "below threshold")
+        cls = ' class="pos"' if op is not None and p >= op.threshold else ""
+        thr = "not evaluated" if op is None else f"{op.threshold:.3f}"
+        rows.append(f"<tr><td>{_e(name)}</td><td{cls}>{p:.3f}</td><td>{_e(thr)}</td><td>{_e(call)}</td></tr>")
+    faith = ""
+    if sec.faithfulness_metric:
+        faith = (
+            f"<p><b>Faithfulness ({_e(sec.faithfulness_metric)}):</b> {_e(fmt(sec.faithfulness))} — "
+            f"<span class='muted'>{_e(sec.faithfulness_meaning)}</span></p>"
+        )
+    outline = "" if report.top_percent is None else f"; white outline: top {report.top_percent:g}% of the map"
+    return (
+        f"<section><h2>Image {index}: {_e(sec.description)} <span class='muted'>({_e(sec.image_id)})</span></h2>"
+        f"<div class='imgs'><figure>{_img(sec.original_png, 'original image')}"
+        "<figcaption>Original (windowed as for display)</figcaption></figure>"
+        f"<figure>{_img(sec.overlay_png, 'saliency overlay')}<figcaption>Saliency for "
+        f"<b>{_e(sec.explained_class)}</b> ({_e(report.method)}, {_e(report.colormap)} colours{_e(outline)})"
+        "</figcaption></figure></div>"
+        "<table><tr><th>Class</th><th>Probability</th><th>Threshold</th><th>Call</th></tr>"
+        f"{''.join(rows)}</table>{faith}</section>"
+    )
+
+
+def render_html(report: ClinicianReport) -> str:
+    """The report as one self-contained HTML document (no scripts, no external resources)."""
+    classes = report.images[0].classes if report.images else ()
+    thresholds = "".join(f"<li>{_e(threshold_text(operating_point_for(report, c), c))}</li>" for c in classes)
+    card = report.model
+    card_rows = [
+        ("Architecture", f"Inception V3 (timm), {card.input_size}×{card.input_size} input, {card.task}"),
+        ("Training data", card.training_data or "not recorded"),
+        ("Model weights sha256", card.model_sha256 or "not recorded"),
+        ("Intended use", card.intended_use),
+        ("Software", card.software or "medclass"),
+    ]
+    if card.randomisation_check is not None:
+        card_rows.append(
+            (
+                "Sanity check (Adebayo et al. 2018)",
+                f"Spearman ρ between maps of this model and of a copy with re-initialised top layers: "
+                f"{fmt(card.randomisation_check)} (low = the maps depend on what the model learned)",
+            )
+        )
+    sections = "".join(_image_section(report, i + 1, s) for i, s in enumerate(report.images))
+    limits = method_limits(report.method, report.layer, report.grid, report.model.input_size)
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>Saliency report {_e(report.report_id)} — not for diagnostic use</title>"
+        f"<style>{_CSS}</style></head><body><main>"
+        f"<div class='warn' role='alert'>{_e(NOT_FOR_DIAGNOSIS)}</div>"
+        f"<h1>Saliency report — {_e(report.report_id)}</h1>"
+        f"<p class='muted'>Generated {_e(report.generated)} by {_e(card.software or 'medclass')}</p>"
+        f"{_kv_table(list(report.patient.items()))}"
+        f"<h2>Operating threshold</h2><ul>{thresholds}</ul>"
+        f"{sections}"
+        f"<h2>About the method and its limits</h2><p>{_e(limits)}</p>"
+        f"<h2>Model card</h2>{_kv_table(card_rows)}"
+        f"<div class='warn'>{_e(NOT_FOR_DIAGNOSIS)}</div>"
+        "</main></body></html>\n"
+    )
