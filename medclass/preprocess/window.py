@@ -70,7 +70,7 @@ def sigmoid(x: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def _affine_clip(x: np.ndarray, scale: float, offset: float) -> np.ndarray:
-    out = np.multiply(x, np.float32(scale), dtype=np.float32)
+    out = np.asarray(np.multiply(x, np.float32(scale), dtype=np.float32))  # 0-d stays an array
     out += np.float32(offset)
     np.clip(out, 0.0, 1.0, out=out)
     return out
