@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -95,7 +96,13 @@ class Frames(Sequence[Image]):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> Image: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Image]: ...
+
+    def __getitem__(self, index: int | slice) -> Image | list[Image]:
         if isinstance(index, slice):
             return self.take(range(*index.indices(self.n)))
         return self.take([self._check(index)])[0]

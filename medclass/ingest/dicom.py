@@ -20,6 +20,7 @@ Every pydicom/plugin exception is turned into a :mod:`medclass.errors` error nam
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import warnings
@@ -208,16 +209,24 @@ def padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
     return ~padded
 
 
-def to_modality(ds: Any, index: int, stored: np.ndarray) -> np.ndarray:
-    """Stored values of frame ``index`` → modality values (float32)."""
+def to_modality(ds: Any, index: int, stored: np.ndarray, path: str = "") -> np.ndarray:
+    """Stored values of frame ``index`` → modality values (float32).
+
+    Raises :class:`InvalidPixelDataError` for a non-finite rescale slope or intercept.
+    """
     hdr = dm.frame_header(ds, index)
     if hdr.has_modality_lut_seq:
         from pydicom.pixels import apply_modality_lut
 
         return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    out = stored.astype(np.float32)
+    if not (math.isfinite(hdr.slope) and math.isfinite(hdr.intercept)):
+        raise InvalidPixelDataError(
+            f"rescale slope/intercept {hdr.slope}/{hdr.intercept} not finite", path or None
+        )
     if hdr.slope != 1.0:
-        out *= np.float32(hdr.slope)
+        out = np.multiply(stored, np.float32(hdr.slope), dtype=np.float32)
+    else:
+        out = stored.astype(np.float32)
     if hdr.intercept != 0.0:
         out += np.float32(hdr.intercept)
     return out
@@ -257,12 +266,21 @@ class DicomFrames(Frames):
         self.mosaic = _mosaic_layout(ds, path) if shape[0] == 1 and len(shape) == 3 else None
         super().__init__(path, self.mosaic.n if self.mosaic else shape[0])
         self._all: tuple[np.ndarray, dict[str, Any]] | None = None
+        self._base: ImageMeta | None = None
 
     def meta(self, index: int) -> ImageMeta:
         i = self._check(index)
+        if self._base is None:  # file-level values are read once; frames differ in geometry/windows
+            first = self.mosaic.meta(self.ds, self.path, 0, self.shape) if self.mosaic else None
+            self._base = first or dm.build_meta(
+                self.ds, self.path, index=0, n_frames=self.n, original_shape=self.shape
+            )
+        if i == 0:
+            return self._base
         if self.mosaic:
-            return self.mosaic.meta(self.ds, self.path, i, self.shape)
-        return dm.build_meta(self.ds, self.path, index=i, n_frames=self.n, original_shape=self.shape)
+            pos = self.mosaic.positions[i] if self.mosaic.positions else None
+            return dataclasses.replace(self._base, index=i, slice_position=pos)
+        return dm.frame_meta(self._base, self.ds, i)
 
     def _get_many(self, indices: list[int]) -> list[Image]:
         try:
@@ -301,8 +319,9 @@ class DicomFrames(Frames):
             mask = None
         else:
             mask = padding_mask(self.ds, stored)
-            pixels = to_modality(self.ds, frame, stored)
-        pixels, mask = finite_or_mask(pixels, mask, self.path)
+            pixels = to_modality(self.ds, frame, stored, self.path)
+        if stored.dtype.kind == "f":  # integers through a finite rescale/LUT stay finite
+            pixels, mask = finite_or_mask(pixels, mask, self.path)
         return Image(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=self.meta(index), mask=mask)
 
 
@@ -337,6 +356,7 @@ def _mosaic_layout(ds: Any, path: str) -> _Mosaic | None:
     if "MOSAIC" not in [str(v).upper() for v in (ds.get("ImageType") or [])]:
         return None
     n = None
+    csa_normal = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # nibabel.nicom warns that it is experimental
@@ -345,6 +365,7 @@ def _mosaic_layout(ds: Any, path: str) -> _Mosaic | None:
         csa = csareader.get_csa_header(ds, "image")
         if csa is not None:
             n = csareader.get_scalar(csa, "NumberOfImagesInMosaic")
+            csa_normal = csareader.get_vector(csa, "SliceNormalVector", 3)
     except Exception as exc:  # a malformed private CSA header: fall back to the acquisition matrix
         log.debug("%s: CSA header unreadable (%s)", path, exc)
     acq = [int(v) for v in (ds.get("AcquisitionMatrix") or []) if int(v) > 0]
@@ -360,24 +381,27 @@ def _mosaic_layout(ds: Any, path: str) -> _Mosaic | None:
         return None
     if tr <= 0 or tc <= 0 or rows % tr or cols % tc:
         raise InvalidPixelDataError(f"MOSAIC of {n} tiles does not fit a {rows}x{cols} image", path)
-    return _Mosaic(int(n), tr, tc, _mosaic_positions(ds, int(n)))
+    return _Mosaic(int(n), tr, tc, _mosaic_positions(ds, int(n), csa_normal))
 
 
-def _mosaic_positions(ds: Any, n: int) -> list[float] | None:
+def _mosaic_positions(ds: Any, n: int, csa_normal: Any) -> list[float] | None:
+    """Tile positions along the slice normal (row × column direction), in mm.
+
+    The mosaic's Image Position is shifted in-plane from the first tile's, which does not change its
+    projection on the normal; tiles step by Spacing Between Slices (else Slice Thickness) in the
+    direction of the CSA SliceNormalVector (ascending when it agrees with row × column).
+    """
     try:
-        from nibabel.nicom import dicomwrappers
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # nibabel calls its DICOM wrappers experimental
-            w = dicomwrappers.wrapper_from_data(ds)
-            normal = np.asarray(w.slice_normal, dtype=float)
-            first = float(np.dot(np.asarray(w.image_position, dtype=float), normal))
+        pos = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        normal = dm.slice_normal(np.asarray([float(v) for v in ds.ImageOrientationPatient]))
         step = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 0)
-    except Exception as exc:
-        log.debug("mosaic positions unavailable (%s)", exc)
+    except (AttributeError, TypeError, ValueError):
         return None
-    if not step:
+    if not step or pos.shape != (3,):
         return None
+    if csa_normal is not None and float(np.dot(np.asarray(csa_normal, dtype=float), normal)) < 0:
+        step = -step
+    first = float(np.dot(pos, normal))
     return [first + k * step for k in range(n)]
 
 

@@ -7,6 +7,7 @@ else from the top-level attribute (classic objects).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,20 @@ def number_of_frames(ds: Any) -> int:
         return max(1, int(ds.get("NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         return 1
+
+
+def frame_meta(base: ImageMeta, ds: Any, index: int) -> ImageMeta:
+    """``base`` (frame 0's meta) for frame ``index``: per-frame geometry and windows of enhanced objects."""
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return dataclasses.replace(base, index=index)
+    _, _, spacing = geometry(ds, index)
+    return dataclasses.replace(
+        base,
+        index=index,
+        pixel_spacing=spacing or base.pixel_spacing,
+        windows=windows(ds, index),
+        slice_position=slice_position(ds, index),
+    )
 
 
 def build_meta(

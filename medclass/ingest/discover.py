@@ -60,11 +60,11 @@ def discover(paths: Iterable[str | os.PathLike[str]], *, group: bool = True) -> 
     out: list[Source] = []
     seen: set[str] = set()
     for path, fmt in found:
-        src = emitted_groups.get(path)
-        if src is not None:
-            if src.paths[0] not in seen:
-                seen.add(src.paths[0])
-                out.append(src)
+        grouped = emitted_groups.get(path)
+        if grouped is not None:
+            if grouped.paths[0] not in seen:
+                seen.add(grouped.paths[0])
+                out.append(grouped)
             continue
         out.append(Source(paths=(path,), format=fmt))
     return out

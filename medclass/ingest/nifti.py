@@ -29,13 +29,13 @@ _cache_lock = threading.Lock()
 _cache: dict[tuple[str, int, int], tuple[Any, np.ndarray, tuple[int, ...]]] = {}
 
 
-def _load(path: str, limit: int | None) -> tuple[Any, np.ndarray | None]:
-    """``(canonical image, finite-checked float32 data or None when header_only)``."""
+def _load(path: str, limit: int | None) -> Any:
+    """The nibabel image as stored (lazy: voxels not read), after the 4D and size checks."""
     import nibabel as nib
 
     p = check_readable(path)
     try:
-        img = nib.load(str(p))
+        img: Any = nib.load(str(p))
         shape = tuple(int(d) for d in img.shape)
     except MedclassError:
         raise
@@ -50,7 +50,7 @@ def _load(path: str, limit: int | None) -> tuple[Any, np.ndarray | None]:
             path,
         )
     check_size(path, shape, img.get_data_dtype().itemsize, limit)
-    return img, None
+    return img
 
 
 def _canonical(path: str, limit: int | None) -> tuple[Any, np.ndarray, tuple[int, ...]]:
@@ -63,7 +63,7 @@ def _canonical(path: str, limit: int | None) -> tuple[Any, np.ndarray, tuple[int
         hit = _cache.get(key)
     if hit is not None:
         return hit
-    img, _ = _load(path, limit)
+    img = _load(path, limit)
     stored_shape = tuple(int(d) for d in img.shape)
     try:
         img = nib.funcs.squeeze_image(img)
@@ -147,7 +147,7 @@ class NiftiReader(Reader):
     def read_meta(self, path: str, *, limit: int | None = None) -> ImageMeta:
         import nibabel as nib
 
-        img, _ = _load(str(path), limit)
+        img = _load(str(path), limit)
         shape = tuple(int(d) for d in img.shape[:3])
         zooms = img.header.get_zooms()
         if len(shape) == 3:  # canonical axes: which stored axis becomes x, y, z
