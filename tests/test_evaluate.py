@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from medclass.evaluate import (
 )
 from medclass.metrics import MetricWarning
 
+REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("NORMAL", "PNEUMONIA")
 
 
@@ -346,3 +348,60 @@ def test_cli_evaluate_errors(tmp_path, val_test, capsys):
         main(["evaluate", "--predictions", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 1
     )
     assert "missing.csv" in capsys.readouterr().err
+
+
+# --- the model forward (checkpoint + manifest) -----------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_predict_manifest_and_cli_on_real_pneumoniamnist(tmp_path, shared_data, capsys):
+    """A random-init checkpoint scored on 24 real PneumoniaMNIST frames through the manifest/dataset path."""
+    import csv
+    import dataclasses
+
+    import torch
+
+    from medclass import checkpoint
+    from medclass.evaluate import predict_manifest
+    from medclass.ingest import read_frame
+    from medclass.model import MainLogits, create_model
+    from medclass.preprocess import Preprocessor, input_spec
+
+    src = list(csv.DictReader((REPO / "data_manifests" / "pneumoniamnist.csv").open()))
+    picked = []
+    for split in ("val", "test"):
+        for label in ("normal", "pneumonia"):
+            picked += [r for r in src if r["split"] == split and r["label"] == label][:6]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,frame,patient_id,split,label\n" + "".join(
+        f"{r['path']},{r['frame']},{r['patient_id']},{r['split']},{r['label']}\n" for r in picked))  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model(2, image_size=75).eval()
+    spec = input_spec("inception_v3", image_size=75)
+    meta = {"classes": ["normal", "pneumonia"], "task": "multiclass", "input": dataclasses.asdict(spec),
+            "window": "auto", "fit": "letterbox", "seed": 0}  # fmt: skip
+    checkpoint.save(tmp_path / "ck", model, meta)
+
+    rows = predict_manifest(tmp_path / "ck", manifest, ("val", "test"), shared_data, batch_size=8)
+    assert [r["split"] for r in rows] == ["val"] * 12 + ["test"] * 12
+    assert all(r["patient_id"].startswith("P-") and "pmnist" not in r["patient_id"] for r in rows)
+    probs = np.array([[r["prob:normal"], r["prob:pneumonia"]] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    # independent forward pass of two rows
+    pre = Preprocessor(spec, window="auto", fit="letterbox")
+    for i in (0, 13):
+        img = read_frame(shared_data / picked[i]["path"], int(picked[i]["frame"]))
+        x = torch.from_numpy(pre(img).array)[None]  # 1×3×75×75
+        with torch.no_grad():
+            expected = torch.softmax(MainLogits(model)(x), dim=1)[0].numpy()
+        np.testing.assert_allclose(probs[i], expected, atol=1e-5)
+
+    out = tmp_path / "out"
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "ck"), "--manifest", str(manifest), "--data-root",
+                 str(shared_data), "--out", str(out), "--bootstrap", "50", "--level", "image"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    written = read_predictions(out / "predictions.csv")
+    assert len(written) == 24
+    assert float(written[0]["prob:pneumonia"]) == pytest.approx(rows[0]["prob:pneumonia"])
+    d = json.loads((out / "metrics.json").read_text())
+    assert d["levels"]["image"]["n_test"] == 12
+    assert "manifest sha256" in (out / "report.html").read_text()
