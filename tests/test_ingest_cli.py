@@ -35,10 +35,12 @@ def folder(tmp_path):
 def test_inspect_partial_with_errors_csv(folder, tmp_path, capsys):
     errors = tmp_path / "errors.csv"
     code = main(["inspect", str(folder), str(tmp_path / "missing.png"), "--errors-csv", str(errors)])
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out, err = captured.out.splitlines(), captured.err.splitlines()
     assert code == ExitCode.PARTIAL
     assert out[-1] == "2 ok, 2 failed"
-    by_name = {line.split("\t")[0].rsplit("/", 1)[-1]: line for line in out[:-1]}
+    assert len(err) == 2 and all("\tFAILED " in line for line in err)  # failures on stderr
+    by_name = {line.split("\t")[0].rsplit("/", 1)[-1]: line for line in out[:-1] + err}
     assert set(by_name) == {"IM1", "b.dcm", "broken.dcm", "missing.png"}
     assert "range=[-1024, -24]" in by_name["IM1"] and "padded=1" in by_name["IM1"]
     assert "window=40/400 [header]" in by_name["IM1"]
@@ -68,7 +70,8 @@ def test_inspect_json_all_ok(folder, capsys):
 def test_inspect_all_failed_and_nothing_found(tmp_path, capsys):
     (tmp_path / "x.dcm").write_bytes(b"")
     assert main(["inspect", str(tmp_path / "x.dcm")]) == ExitCode.ERROR
-    assert "FAILED unreadable: empty file" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "x.dcm\tFAILED unreadable: empty file" in captured.err and captured.out == "0 ok, 1 failed\n"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["inspect", str(empty)]) == ExitCode.ERROR
@@ -94,11 +97,10 @@ def test_inspect_groups_series(tmp_path, capsys):
 @pytest.mark.realdata
 def test_inspect_real_dicom_samples(dicom_samples, capsys):
     code = main(["inspect", str(dicom_samples)])
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     assert code == ExitCode.PARTIAL
     assert out[-1] == "17 ok, 1 failed"
-    assert any(
-        "liver.dcm\tFAILED no-image: no image (SOP class Segmentation Storage)" in line for line in out
-    )
+    assert "liver.dcm\tFAILED no-image: no image (SOP class Segmentation Storage)" in captured.err
     series = [line for line in out if "(20 files)" in line]
     assert len(series) == 1 and "frames=20" in series[0] and "dicom-series CT" in series[0]

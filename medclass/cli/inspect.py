@@ -21,7 +21,8 @@ file or series: path, modality, photometric interpretation, frame shape, frames,
 modality LUT, before windowing, padding excluded) and the window preprocessing would start from (the
 header's Window Center/Width, else "none: percentile at preprocess").
 
-Files that fail are listed with the reason and the command carries on. Exit status: 0 all fine,
+Files that fail are listed with the reason (on stderr; in --json mode as rows with a non-empty "error")
+and the command carries on. Exit status: 0 all fine,
 3 some failed, 1 all failed (or nothing found).
 
 Examples:
@@ -105,7 +106,12 @@ def run(args: argparse.Namespace) -> ExitCode:
                 path=src.path, format=src.format, error_kind="internal", error=f"{type(exc).__name__}: {exc}"
             )
         rows.append(row)
-        print(json.dumps(row.as_dict()) if args.json else _text_line(row), flush=True)
+        if args.json:
+            print(json.dumps(row.as_dict()), flush=True)
+        elif row.error:  # failures on stderr (they survive `> listing.txt`), one line each
+            print(_text_line(row), file=sys.stderr, flush=True)
+        else:
+            print(_text_line(row), flush=True)
     failed = [r for r in rows if r.error]
     n_ok = len(rows) - len(failed)
     if args.errors_csv:
