@@ -73,7 +73,9 @@ def predict_manifest(
             f"on {task} classes {classes}",
             getattr(manifest, "path", None),
         )
-    spec_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()}
+    spec_fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()
+    }
     preprocessor = Preprocessor(
         InputSpec(**spec_fields), window=meta.get("window", "auto"), fit=meta.get("fit", "letterbox")
     )

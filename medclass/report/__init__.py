@@ -93,7 +93,7 @@ def evaluation_figures(
 
 
 def write_evaluation(
-    metrics: Mapping[str, Any],
+    metrics: Mapping[str, Any] | Any,
     out_dir: str | os.PathLike[str],
     *,
     facts: Mapping[str, Any] | None = None,
@@ -102,9 +102,14 @@ def write_evaluation(
 ) -> dict[str, Path]:
     """Write ``metrics.json``, one PNG per figure and ``report.html`` into ``out_dir`` (atomically).
 
-    Returns ``{"metrics": path, "report": path, "<figure key>": path, ...}``. Raises ValueError if
-    ``metrics`` holds NaN/inf (use :func:`medclass.evaluate.to_dict`, which writes them as null).
+    ``metrics`` is the ``metrics.json`` dict (:func:`medclass.evaluate.to_dict`) or the
+    :class:`~medclass.evaluate.EvaluationResult` itself. Returns ``{"metrics": path, "report": path,
+    "<figure key>": path, ...}``. Raises ValueError if a dict holds NaN/inf (``to_dict`` writes null).
     """
+    if not isinstance(metrics, Mapping):
+        from medclass.evaluate import to_dict
+
+        metrics = to_dict(metrics)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"metrics": out / "metrics.json"}
