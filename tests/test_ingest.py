@@ -648,3 +648,34 @@ def test_npz_frame_order(tmp_path):
     np.savez(tmp_path / "labels.npz", train_labels=np.zeros(3))
     with pytest.raises(NoImageError, match="no '\\*_images' array"):
         ingest.read(tmp_path / "labels.npz")
+
+
+def test_modality_lut_sequence(tmp_path):
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [4, 0, 16])  # LUT Descriptor: 4 entries from stored value 0
+    lut.add_new(0x00283006, "US", [100, 200, 300, 400])  # LUT Data
+    lut.ModalityLUTType = "US"
+    stored = np.array([[0, 1], [2, 7]], np.uint16)  # 7 is past the table: clamps to the last entry
+    f = make_dicom(tmp_path / "mlut.dcm", stored, bits_stored=3, ModalityLUTSequence=Sequence([lut]))
+    np.testing.assert_array_equal(one(f).pixels, [[100, 200], [300, 400]])
+
+
+def test_nifti_absurd_header_refused(tmp_path):
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((30000, 30000, 1000))
+    hdr.set_data_dtype(np.int16)
+    f = tmp_path / "huge.nii"
+    f.write_bytes(hdr.binaryblock + b"\x00" * 4 + b"\x00" * 64)  # header + extension flag + a few bytes
+    with pytest.raises(ImageTooLargeError, match=r"huge\.nii: declared shape 30000x30000x1000"):
+        ingest.read(f)
+    with pytest.raises(ImageTooLargeError):
+        ingest.read_meta(f)
+
+
+def test_npz_3d_volumes_give_middle_slice(tmp_path):
+    vols = np.zeros((2, 5, 4, 4), np.uint8)
+    vols[1, 2] = 255  # middle slice (index 2 of 5) of volume 1
+    np.savez(tmp_path / "adrenal.npz", train_images=vols)
+    imgs = ingest.read(tmp_path / "adrenal.npz")
+    assert len(imgs) == 2 and imgs[1].pixels.shape == (4, 4)
+    assert imgs[0].pixels.max() == 0 and imgs[1].pixels.min() == 255

@@ -353,3 +353,16 @@ def test_medmnist_frame_order(medmnist):
     np.testing.assert_array_equal(ingest.read_frame(f, len(train)).pixels, val[0])
     np.testing.assert_array_equal(ingest.read_frame(f, 5855).pixels, test[-1])
     assert ingest.read_frame(f, 10).pixels.shape == (28, 28)
+
+
+def test_mosaic_without_csa_header_uses_acquisition_matrix(dicom_samples, nifti_samples, tmp_path):
+    ds = pydicom.dcmread(dicom_samples / "dcm_qa_ts" / "1.dcm")
+    for tag in [e.tag for e in ds if e.tag.group == 0x0029]:
+        del ds[tag]
+    ds.save_as(tmp_path / "nocsa.dcm")
+    tiles = ingest.read(tmp_path / "nocsa.dcm")
+    assert len(tiles) == 36  # the 6x6 grid; the 36th tile is empty
+    nifti = ingest.read(nifti_samples / "dcm_qa_ts" / "1.nii")
+    for t, n in zip(tiles[:35], nifti, strict=True):
+        np.testing.assert_array_equal(t.pixels, n.pixels)
+    assert tiles[35].pixels.max() == 0
