@@ -25,6 +25,7 @@ from medclass.errors import CorruptFileError, InvalidPixelDataError, MedclassErr
 from medclass.ingest.base import Frames, Reader, check_readable, check_size
 from medclass.ingest.types import Image, ImageMeta
 
+_CACHE_MAX_BYTES = 256 << 20  # bigger volumes are re-read rather than kept alive
 _cache_lock = threading.Lock()
 _cache: dict[tuple[str, int, int], tuple[Any, np.ndarray, tuple[int, ...]]] = {}
 
@@ -81,7 +82,8 @@ def _canonical(path: str, limit: int | None) -> tuple[Any, np.ndarray, tuple[int
         raise InvalidPixelDataError("every voxel is NaN or infinite", path)
     with _cache_lock:
         _cache.clear()  # keep one volume: read_frame on consecutive slices of one file stays cheap
-        _cache[key] = (img, data, stored_shape)
+        if data.nbytes <= _CACHE_MAX_BYTES:
+            _cache[key] = (img, data, stored_shape)
     return img, data, stored_shape
 
 
