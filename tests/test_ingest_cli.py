@@ -44,7 +44,7 @@ def test_inspect_partial_with_errors_csv(folder, tmp_path, capsys):
     assert set(by_name) == {"IM1", "b.dcm", "broken.dcm", "missing.png"}
     assert "range=[-1024, -24]" in by_name["IM1"] and "padded=1" in by_name["IM1"]
     assert "window=40/400 [header]" in by_name["IM1"]
-    assert "window=none: percentile at preprocess" in by_name["b.dcm"] and " MR " in by_name["b.dcm"]
+    assert "[percentile (p0.5–p99.5)]" in by_name["b.dcm"] and " MR " in by_name["b.dcm"]
     assert "FAILED unsupported-format" in by_name["broken.dcm"]
     assert "FAILED unreadable: no such file" in by_name["missing.png"]
     rows = list(csv.DictReader(errors.read_text().splitlines()))
@@ -65,6 +65,14 @@ def test_inspect_json_all_ok(folder, capsys):
     assert im1["error"] == ""
     b = next(r for r in rows if r["path"].endswith("b.dcm"))
     assert (b["value_min"], b["value_max"]) == (0.0, 4095.0)
+
+
+def test_inspect_window_policies(folder, capsys):
+    (folder / "broken.dcm").unlink()
+    assert main(["inspect", str(folder / "b.dcm"), "--window", "lung"]) == ExitCode.OK
+    assert "window=-600/1500 [preset:lung]" in capsys.readouterr().out
+    assert main(["inspect", str(folder), "--window", "nonsense"]) == ExitCode.ERROR
+    assert "unknown window 'nonsense'" in capsys.readouterr().err
 
 
 def test_inspect_all_failed_and_nothing_found(tmp_path, capsys):

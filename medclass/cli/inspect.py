@@ -18,8 +18,9 @@ DESCRIPTION = """\
 Walk files and folders (recursively; DICOM is recognised by content, extension or not), group
 single-frame CT/MR/PT slices of one series into a volume, decode every frame and print one line per
 file or series: path, modality, photometric interpretation, frame shape, frames, value range (after the
-modality LUT, before windowing, padding excluded) and the window preprocessing would start from (the
-header's Window Center/Width, else "none: percentile at preprocess").
+modality LUT, before windowing, padding excluded) and the window preprocessing would use for the
+middle frame with --window (default auto: the VOI LUT, else the header's first Window Center/Width,
+else the 0.5-99.5 percentiles of the real pixels), with its source.
 
 Files that fail are listed with the reason (on stderr; in --json mode as rows with a non-empty "error")
 and the command carries on. Exit status: 0 all fine,
@@ -46,9 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse files whose header declares more pixel data than this (default 1 GiB)",
     )
     parser.add_argument(
-        "--preprocess-window",
-        action="store_true",
-        help="report the window medclass.preprocess would use (slower: imports timm)",
+        "--window",
+        default="auto",
+        metavar="POLICY",
+        help="window policy to report, as preprocessing would apply it (auto: VOI LUT, else the "
+        "header window, else percentiles; or header, percentile, lung, 'C/W'...)",
     )
 
 
@@ -71,15 +74,19 @@ def _text_line(row: Any) -> str:
     )
 
 
-def _preprocess_window() -> Any:
-    """A ``window_of`` callable using the preprocessor's automatic window, or None when unavailable."""
+def _window_of(name: str) -> Any:
+    """A ``window_of`` callable giving the window preprocessing would use (policy ``name``).
+
+    Without :mod:`medclass.preprocess` (a partial install) it falls back to the header window.
+    Raises :class:`~medclass.errors.ConfigError` for an unknown policy.
+    """
     try:
-        from medclass import preprocess
+        from medclass.preprocess.window import window_policy
     except ImportError:
-        log.warning("medclass.preprocess is not available: reporting header windows")
+        log.warning("medclass.preprocess is not available: reporting header windows only")
         return None
-    prep = preprocess.Preprocessor(preprocess.input_spec(), window="auto")
-    return lambda image: prep(image).window
+    policy = window_policy(name)
+    return lambda image: policy(image).window
 
 
 def run(args: argparse.Namespace) -> ExitCode:
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace) -> ExitCode:
     if not sources:
         print(f"medclass inspect: no images found under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return ExitCode.ERROR
-    window_of = (_preprocess_window() if args.preprocess_window else None) or header_window
+    window_of = _window_of(args.window) or header_window
     max_bytes = int(args.max_gib * 2**30) if args.max_gib else None
     rows = []
     for src in sources:
