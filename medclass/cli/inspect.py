@@ -81,12 +81,12 @@ def _window_of(name: str) -> Any:
     Raises :class:`~medclass.errors.ConfigError` for an unknown policy.
     """
     try:
-        from medclass.preprocess.window import window_policy
+        from medclass.preprocess.pipeline import Windowing
     except ImportError:
         log.warning("medclass.preprocess is not available: reporting header windows only")
         return None
-    policy = window_policy(name)
-    return lambda image: policy(image).window
+    windowing = Windowing(name)
+    return lambda image: windowing.transform_for(image).window
 
 
 def run(args: argparse.Namespace) -> ExitCode:
