@@ -237,6 +237,10 @@ def test_monochrome1_and_its_inverted_twin(dicom_samples, tmp_path):
     m2 = ingest.read(tmp_path / "twin.dcm")[0]
     assert m1.meta.photometric == "MONOCHROME1" and m2.meta.photometric == "MONOCHROME2"
     np.testing.assert_array_equal(m1.pixels, top - m2.pixels)  # not inverted on read
+    # end to end: once windowed and (for MONOCHROME1) inverted for display, the twins look the same
+    preprocess = pytest.importorskip("medclass.preprocess")
+    d1, d2 = preprocess.display_image(m1), preprocess.display_image(m2)
+    assert np.abs(d1 - d2).max() < 0.01 and d1.std() > 0.05
     assert m1.meta.view_position == str(ds.get("ViewPosition", "")) and m1.meta.body_part == "THORAX"
 
 
