@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -333,12 +334,11 @@ def test_delong_matches_proc_on_synthetic_ties(tmp_path):
     _check_against_proc(_proc(tmp_path, y, a, b), y, a, b)
 
 
-@pytest.fixture(scope="module")
-def pneumonia_predictions(medmnist):
-    """Real predictions: two logistic regressions on PneumoniaMNIST pixels, fitted on train, scored on test."""
+@functools.lru_cache(maxsize=1)
+def _pneumonia_lr(npz: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.linear_model import LogisticRegression
 
-    d = np.load(medmnist / "pneumoniamnist_official_counts.npz")
+    d = np.load(npz)
 
     def pixels(split: str, step: int) -> np.ndarray:
         return d[f"{split}_images"][:, ::step, ::step].reshape(len(d[f"{split}_images"]), -1) / 255.0
@@ -349,6 +349,12 @@ def pneumonia_predictions(medmnist):
         model = LogisticRegression(C=c, max_iter=2000).fit(pixels("train", step), y_train)
         scores.append(model.predict_proba(pixels("test", step))[:, 1])
     return y_test.astype(int), scores[0], scores[1]
+
+
+@pytest.fixture
+def pneumonia_predictions(medmnist):
+    """Real predictions: two logistic regressions on PneumoniaMNIST pixels, fitted on train, scored on test."""
+    return _pneumonia_lr(medmnist / "pneumoniamnist_official_counts.npz")
 
 
 @pytest.mark.slow
