@@ -17,6 +17,7 @@ from medclass.errors import (
     ConfigError,
     CorruptFileError,
     ImageTooLargeError,
+    MedclassError,
     MissingDecoderError,
     NoImageError,
     UnreadableFileError,
@@ -435,3 +436,57 @@ def test_modality_lut_sequence(tmp_path):
     stored = np.array([[0, 1], [2, 7]], np.uint16)  # 7 is past the table: clamps to the last entry
     f = make_dicom(tmp_path / "mlut.dcm", stored, bits_stored=3, ModalityLUTSequence=Sequence([lut]))
     np.testing.assert_array_equal(one(f).pixels, [[100, 200], [300, 400]])
+
+
+# --- properties ---------------------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bits=st.integers(1, 15), signed=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_bits_stored_property(tmp_path, bits, signed, seed):
+    """Any BitsStored < 16 with random junk above it: values are the low bits, sign-extended if signed."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 2**16, (4, 5), dtype=np.uint16)  # junk everywhere, including the high bits
+    low = (raw & ((1 << bits) - 1)).astype(np.int64)
+    truth = np.where(low >= 1 << (bits - 1), low - (1 << bits), low) if signed else low
+    f = make_dicom(
+        tmp_path / f"b{bits}{int(signed)}.dcm",
+        raw=raw.tobytes(),
+        rows=4,
+        cols=5,
+        bits_stored=bits,
+        signed=signed,
+    )
+    np.testing.assert_array_equal(one(f).pixels, truth)
+
+
+def _pydicom_file(name: str) -> bytes:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file(name, download=False)).read_bytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(
+        ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "rtdose.dcm"]
+    ),
+    cut=st.floats(0.0, 1.0),
+    flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=4),
+)
+def test_damaged_files_raise_only_medclass_errors(tmp_path, name, cut, flips):
+    """Truncated or byte-flipped real files either decode to valid pixels or raise a MedclassError."""
+    data = bytearray(_pydicom_file(name))
+    for where, value in flips:
+        data[int(where * (len(data) - 1))] = value
+    data = data[: max(1, int(cut * len(data)))] if cut < 1.0 else data
+    f = tmp_path / "damaged.dcm"
+    f.write_bytes(bytes(data))
+    try:
+        images = ingest.read(f)
+    except MedclassError as exc:
+        assert "damaged.dcm" in str(exc) and "\n" not in str(exc)
+    else:
+        assert all(i.pixels.dtype == np.float32 and np.isfinite(i.pixels).all() for i in images)

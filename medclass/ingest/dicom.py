@@ -172,25 +172,50 @@ def _decoder(ds: Any, path: str) -> Any:
     return decoder
 
 
+#: Plugins tried in this order (the first that succeeds wins). python-gdcm is left out whenever another
+#: plugin can decode the syntax: on damaged JPEG data it throws a C++ exception that aborts the whole
+#: Python process instead of raising. Pillow (libjpeg-turbo) is the fastest for 8-bit JPEG baseline.
+PLUGIN_ORDER: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2.4.50": ("pillow", "pylibjpeg"),  # JPEG Baseline 8-bit
+}
+DEFAULT_PLUGIN_ORDER = ("pylibjpeg", "pyjpegls", "pillow", "pydicom")
+UNSAFE_PLUGINS = frozenset({"gdcm"})
+
+
+def plugin_order(decoder: Any, ts: str) -> list[str]:
+    """The plugins to try for transfer syntax ``ts`` (empty: let pydicom pick, e.g. native data)."""
+    available = tuple(getattr(decoder, "available_plugins", ()) or ())
+    preferred = PLUGIN_ORDER.get(str(ts), DEFAULT_PLUGIN_ORDER)
+    safe = [p for p in preferred if p in available]
+    safe += [p for p in available if p not in safe and p not in UNSAFE_PLUGINS]
+    return safe or list(available)
+
+
 def _decode(ds: Any, path: str, index: int | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decoded stored values (one frame or all) and pydicom's pixel properties after processing."""
+    """Decoded stored values (one frame or all) and pydicom's pixel properties after processing.
+
+    Raises :class:`MissingDecoderError` or :class:`CorruptFileError` (every plugin failed: the message
+    lists why).
+    """
     from pydicom.pixels.utils import as_pixel_options
 
     decoder = _decoder(ds, path)
-    try:
-        with _pydicom_warnings_to_log(path):
-            opts = as_pixel_options(ds)
-            arr, props = decoder.as_array(ds, index=index, raw=False, **opts)
-    except MemoryError:
-        raise
-    except Exception as exc:  # plugins raise RuntimeError/ValueError for broken or truncated data
-        msg = _one_line(exc)
-        if "missing dependencies" in msg or "plugins are missing" in msg:
-            raise MissingDecoderError(
-                f"cannot decode {ds.file_meta.TransferSyntaxUID.name}; {_INSTALL_HINT}", path
-            ) from exc
-        raise CorruptFileError(f"pixel data cannot be decoded ({msg})", path) from exc
-    return arr, props
+    ts = ds.file_meta.TransferSyntaxUID
+    plugins = plugin_order(decoder, ts) if ts.is_compressed else []
+    failures = []
+    for plugin in plugins or [""]:
+        try:
+            with _pydicom_warnings_to_log(path):
+                opts = as_pixel_options(ds)
+                return decoder.as_array(ds, index=index, raw=False, decoding_plugin=plugin, **opts)
+        except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # RuntimeError/ValueError for broken data; Rust plugins panic
+            msg = _one_line(exc) or type(exc).__name__
+            if "missing dependencies" in msg or "plugins are missing" in msg:
+                raise MissingDecoderError(f"cannot decode {ts.name}; {_INSTALL_HINT}", path) from exc
+            failures.append(f"{plugin}: {msg}" if plugin else msg)
+    raise CorruptFileError(f"pixel data cannot be decoded ({'; '.join(failures)})", path)
 
 
 def padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
