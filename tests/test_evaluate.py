@@ -401,3 +401,18 @@ def test_predict_manifest_and_cli_on_real_pneumoniamnist(tmp_path, shared_data, 
     d = json.loads((out / "metrics.json").read_text())
     assert d["levels"]["image"]["n_test"] == 12
     assert "manifest sha256" in (out / "report.html").read_text()
+
+
+def test_without_patient_ids_both_levels_falls_back_to_image(val_test):
+    val, test = val_test
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "patient_id"} for r in rows]
+
+    res = evaluate_predictions(strip(val), strip(test), config=fast(n_bootstrap=10))
+    assert list(res.levels) == ["image"]
+    with pytest.raises(DataError, match="patient-level metrics need a 'patient_id' column"):
+        evaluate_predictions(strip(val), strip(test), config=fast(n_bootstrap=10, level="patient"))
+    blank = [dict(r, patient_id="") if i < 3 else r for i, r in enumerate(test)]
+    with pytest.raises(DataError, match="3 of 400 rows have no patient/study id"):
+        evaluate_predictions(val, blank, config=fast(n_bootstrap=10))

@@ -238,7 +238,7 @@ def _level(level, val, test, reported, rule, config, before) -> LevelResult:
     )
 
 
-def _aggregate_table(table: PredictionTable, column: str, method: str, what: str) -> PredictionTable:
+def _aggregate_table(table: PredictionTable, column: str, method: str) -> PredictionTable:
     ids = table.column(column)
     agg = aggregate(ids, table.y, table.scores, method)
     rows = tuple({column: g, "n_images": int(n)} for g, n in zip(agg.group_ids, agg.n_images, strict=True))
@@ -319,17 +319,20 @@ def evaluate_predictions(
         if config.level in ("image", "both"):
             levels["image"] = _level("image", val_t, test_t, reported, rule, config, before)
         overlap = 0
-        if config.level in ("patient", "both"):
-            col = config.group_column
-            if col not in test_t.rows[0] or col not in val_t.rows[0]:
-                raise DataError(f"patient-level metrics need a {col!r} column in the predictions")
+        col = config.group_column
+        has_groups = col in test_t.rows[0] and col in val_t.rows[0]
+        if config.level == "patient" and not has_groups:
+            raise DataError(f"patient-level metrics need a {col!r} column in the predictions")
+        if config.level == "both" and not has_groups:
+            log.warning("no %r column in the predictions: image-level metrics only", col)
+        if config.level in ("patient", "both") and has_groups:
             overlap = len(set(val_t.column(col)) & set(test_t.column(col)) - {""})
-            pv = _aggregate_table(val_t, col, config.aggregate, "validation")
-            pt = _aggregate_table(test_t, col, config.aggregate, "test")
+            pv = _aggregate_table(val_t, col, config.aggregate)
+            pt = _aggregate_table(test_t, col, config.aggregate)
             pb = (
                 None
                 if before is None
-                else _aggregate_table(test_t.with_scores(before), col, config.aggregate, "test").scores
+                else _aggregate_table(test_t.with_scores(before), col, config.aggregate).scores
             )
             levels["patient"] = _level("patient", pv, pt, reported, rule, config, pb)
         first = next(iter(levels.values()))
