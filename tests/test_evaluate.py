@@ -65,6 +65,8 @@ def test_values_equal_sklearn_at_both_levels(val_test):
     img = res.levels["image"].classes["PNEUMONIA"]
     assert img.auc.auc == pytest.approx(roc_auc_score(_y(test), _p(test)))
     assert img.auc.ci_low < img.auc.auc < img.auc.ci_high
+    assert res.levels["image"].macro.estimate == img.auc.auc  # binary: the average is the positive class
+    assert res.levels["image"].macro_delong.ci_low == pytest.approx(img.auc.delong_ci_low)
     pred = (_p(test) >= img.threshold).astype(int)
     assert img.operating.confusion == confusion_matrix(_y(test), pred).tolist()
     # patient level: mean of the two images, positive if either image is

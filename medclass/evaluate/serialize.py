@@ -1,7 +1,36 @@
 """An :class:`EvaluationResult` as plain JSON-safe data: the content of ``metrics.json``.
 
-NaN (an undefined metric) becomes ``null``. The layout is documented in ``docs/metrics-json.md`` terms
-in :data:`SCHEMA` (a version string bumped on incompatible changes).
+Undefined values (NaN: a class absent from a split, a rate with a zero denominator) are ``null``.
+``schema`` is bumped on incompatible changes. Layout (``<C>``: a reported class; a two-class task reports
+its positive class only, otherwise every class or finding)::
+
+    schema, medclass_version, task ("multiclass"|"multilabel"), classes, reported_classes,
+    config {threshold, n_bootstrap, seed, alpha, level, aggregate, group_column, by, n_bins, ...},
+    threshold_rule {rule, description, chosen_on: "validation"}, temperature (T or null),
+    splits {validation, test}                      (added by the CLI)
+    levels.image / levels.patient:
+      n_val, n_test
+      classes.<C>:
+        n, n_pos, n_neg, prevalence,
+        auc, auc_ci_low, auc_ci_high               (stratified bootstrap, percentile)
+        auc_delong_ci_low, auc_delong_ci_high, auc_delong_variance,
+        average_precision,
+        operating_point {threshold, rule, rule_description, chosen_on,
+                         sensitivity, specificity, ppv, npv (+ _ci_low/_ci_high, Wilson), f1, accuracy,
+                         tp, fp, tn, fn, confusion_matrix [[tn, fp], [fn, tp]],
+                         validation {the same rates on the validation split}},
+        sensitivity_at_specificity {"0.9": {value, threshold}, "0.95": ...},
+        specificity_at_sensitivity {"0.9": {value, threshold}, "0.95": ...},
+        calibration {brier, ece, mce, n_bins, bins [{lower, upper, count, mean_predicted, observed}]},
+        calibration_before_scaling {...}           (with temperature scaling)
+        curves {roc {fpr, tpr}, roc_band {fpr, tpr, tpr_low, tpr_high}, pr {recall, precision}}
+      macro {auc, auc_ci_low, auc_ci_high, n_bootstrap_valid, auc_delong_ci_low, auc_delong_ci_high}
+      micro {auc, auc_ci_low, auc_ci_high, n_bootstrap_valid}            (more than one reported class)
+      multiclass {accuracy, confusion_matrix, classes}                   (single-label: arg-max class)
+      top_label_calibration {...}                                        (single-label)
+    subgroups.<column>: [{value, n, classes.<C> {n, n_pos, n_neg, prevalence, auc, auc_ci_low,
+                          auc_ci_high, auc_delong_ci_low, auc_delong_ci_high, sensitivity, specificity}}]
+    patients_in_val_and_test, warnings [one line per undefined metric]
 """
 
 from __future__ import annotations
