@@ -218,9 +218,22 @@ def _from_weights(
         model.AuxLogits = None
         model.aux_logits = False
     if reset_heads or src_classes != num_classes:
-        model.reset_classifier(num_classes)  # timm resets fc and AuxLogits.fc together
+        _reset_heads(model, num_classes)
         log.info("%s: loaded backbone; fresh %d-class heads", path, num_classes)
     return model
+
+
+def _reset_heads(model: Any, num_classes: int) -> None:
+    """Fresh ``fc`` and ``AuxLogits.fc`` with ``num_classes`` outputs.
+
+    timm ≥ 1.0.31's ``reset_classifier`` also resets the aux fc, earlier versions (1.0.29) leave it at the
+    old class count; replacing it here makes that independent of the timm version.
+    """
+    model.reset_classifier(num_classes)
+    if model.AuxLogits is not None:
+        old = model.AuxLogits.fc
+        model.AuxLogits.fc = nn.Linear(old.in_features, num_classes, device=old.weight.device)
+        model.AuxLogits.fc.train(model.training)
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -293,7 +306,8 @@ def _is_head(name: str) -> bool:
 def _blocks(model: nn.Module) -> list[str]:
     """The backbone's top-level blocks that hold parameters, input to output."""
     names = getattr(model, "layer_names", None) or [n for n, _ in model.named_children()]
-    return [n for n in names if any(True for _ in getattr(model, n).parameters())]
+    heads = ("AuxLogits", "fc", "global_pool", "head_drop")
+    return [n for n in names if n not in heads and any(True for _ in getattr(model, n).parameters())]
 
 
 def _groups(model: nn.Module, trainable: Callable[[str], bool], backbone_lr_scale: float) -> list[ParamGroup]:

@@ -344,3 +344,24 @@ def test_training_state_refusals(tmp_path: Path) -> None:
         load_training_state(tmp_path / "s", other)
     with pytest.raises(CheckpointError, match="cannot be stored"):
         save_training_state(tmp_path / "t", opt, epoch=1, extra={"fn": print})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_saves_and_loads_on_cpu_and_cuda_rng_round_trips(tmp_path: Path) -> None:
+    model = _model(seed=3).to("cuda", memory_format=torch.channels_last)
+    save(tmp_path / "gpu", model, META)
+    loaded = load(tmp_path / "gpu")
+    state = model.state_dict()
+    assert all(torch.equal(loaded.model.state_dict()[k], state[k].cpu()) for k in state)
+    net = _net().cuda()
+    opt = torch.optim.AdamW(net.parameters())
+    net(torch.randn(2, 6, device="cuda")).sum().backward()
+    opt.step()
+    save_training_state(tmp_path / "gpu", opt, epoch=1)
+    expected = torch.rand(3, device="cuda")
+    torch.rand(10, device="cuda")
+    opt2 = torch.optim.AdamW(net.parameters())
+    load_training_state(tmp_path / "gpu", opt2)
+    # the CUDA RNG is back where it was at save time, and the optimizer state is on the parameters' device
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
+    assert opt2.state_dict()["state"][0]["exp_avg"].device.type == "cuda"

@@ -349,3 +349,25 @@ def test_channels_last_and_bf16_autocast() -> None:
         autocast_context("cpu", "fp16")
     with pytest.raises(ConfigError, match="unknown precision"):
         autocast_context("cpu", "int4")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_channels_last_training_step() -> None:
+    torch.manual_seed(7)
+    model = to_device(_calibrated(create_model(2, image_size=128), 128), "cuda")
+    groups = apply_mode(model, "partial")
+    stats = _bn_stats(model)
+    opt = torch.optim.SGD([{"params": g["params"], "lr": 0.1 * g["lr_scale"]} for g in groups])
+    x = torch.randn(4, 3, 128, 128, device="cuda").to(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 0, 1], device="cuda")
+    with autocast_context("cuda", "bf16"):
+        main, aux = forward_train(model, x)
+        assert main.dtype == torch.bfloat16 and aux is not None
+        loss = nn.functional.cross_entropy(main, y) + 0.4 * nn.functional.cross_entropy(aux, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    new = _bn_stats(model)
+    assert all(torch.equal(new[k], stats[k]) for k in stats if k.startswith(("Mixed_5", "Mixed_6", "Conv2d")))
+    p = predict_proba(model, x, "multiclass")
+    assert p.device.type == "cpu" and p.shape == (4, 2) and model.training
