@@ -249,10 +249,11 @@ def to_modality(ds: Any, index: int, stored: np.ndarray, path: str = "") -> np.n
         raise InvalidPixelDataError(
             f"rescale slope/intercept {hdr.slope}/{hdr.intercept} not finite", path or None
         )
-    if hdr.slope != 1.0:
-        out = np.multiply(stored, np.float32(hdr.slope), dtype=np.float32)
-    else:
-        out = stored.astype(np.float32)
+    if hdr.slope == 1.0:  # one pass over the data: convert and shift together
+        if hdr.intercept == 0.0:
+            return stored.astype(np.float32)
+        return np.add(stored, np.float32(hdr.intercept), dtype=np.float32)
+    out = np.multiply(stored, np.float32(hdr.slope), dtype=np.float32)
     if hdr.intercept != 0.0:
         out += np.float32(hdr.intercept)
     return out
