@@ -1,0 +1,57 @@
+"""Batch scoring: many images in, one committed row per 2D frame out, exactly once, resumable.
+
+Public API::
+
+    run_scoring(ScoreConfig(paths, out, checkpoint=...)) -> ScoreReport   # the whole run (CLI: score)
+    expand_inputs(paths, slice_policy="all", data_root=None) -> list[WorkItem]
+    score_items(items, backend=..., preprocessor=..., append=..., rule=..., model_sha256=...) -> Counts
+    make_backend("torch" | "onnxruntime", ...) -> backend(x N×3×S×S) -> probs N×C
+    ScoreOutput(out, fmt, columns)    # the row logs: check / done_rows / open / append / finalize
+    read_scores(path) -> rows; DecisionRule.from_meta(meta).predict(probs) -> labels
+    write_summary(out, rows, rule, "mean" | "max") -> (scores.studies.csv, n_studies)
+
+Modules: :mod:`~medclass.score.inputs` (PATHs → work items), :mod:`~medclass.score.pipeline` (decode in
+worker processes overlapped with batched inference), :mod:`~medclass.score.backends` (torch,
+onnxruntime), :mod:`~medclass.score.writer` (append logs, resume, merge), :mod:`~medclass.score.decide`
+(operating point), :mod:`~medclass.score.summary` (per study), :mod:`~medclass.score.runner` (one run,
+torchrun-aware). Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+from medclass.score.backends import BACKENDS, OnnxBackend, TorchBackend, make_backend, pick_device
+from medclass.score.decide import DecisionRule
+from medclass.score.inputs import WorkItem, expand_inputs, item_key, shard
+from medclass.score.pipeline import Counts, Decoded, decode_item, decode_stream, default_workers, score_items
+from medclass.score.runner import ScoreConfig, ScoreReport, run_scoring
+from medclass.score.summary import study_rows, summary_path, write_summary
+from medclass.score.writer import FORMATS, ScoreOutput, read_scores, score_columns
+
+__all__ = [
+    "BACKENDS",
+    "FORMATS",
+    "Counts",
+    "DecisionRule",
+    "Decoded",
+    "OnnxBackend",
+    "ScoreConfig",
+    "ScoreOutput",
+    "ScoreReport",
+    "TorchBackend",
+    "WorkItem",
+    "decode_item",
+    "decode_stream",
+    "default_workers",
+    "expand_inputs",
+    "item_key",
+    "make_backend",
+    "pick_device",
+    "read_scores",
+    "run_scoring",
+    "score_columns",
+    "score_items",
+    "shard",
+    "study_rows",
+    "summary_path",
+    "write_summary",
+]

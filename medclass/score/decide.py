@@ -1,0 +1,90 @@
+"""From probabilities to predicted labels, at the checkpoint's operating point when it has one.
+
+Rules (the ``decision`` column of the scores names the one used):
+
+- ``operating_point``: ``meta["operating_point"]`` holds a threshold per class (``{class: t}``, or
+  ``{"thresholds": {...}}``, or ``{class: {"threshold": t}}``). Multilabel: every class with
+  ``p >= t`` (classes without a threshold use 0.5). Multiclass: among classes with a threshold that
+  ``p >= t``, the most probable; if none passes, the most probable class without a threshold (for a
+  binary model with a threshold on the positive class only: the negative class), else the argmax.
+- ``argmax`` (multiclass without an operating point) and ``threshold:0.5`` (multilabel without one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medclass.errors import CheckpointError, ConfigError
+
+DEFAULT_MULTILABEL_THRESHOLD = 0.5
+LABEL_SEPARATOR = ";"
+
+
+def _thresholds(op: Any, classes: Sequence[str]) -> dict[str, float]:
+    if isinstance(op, Mapping) and isinstance(op.get("thresholds"), Mapping):
+        op = op["thresholds"]
+    if not isinstance(op, Mapping):
+        raise CheckpointError(f"operating_point must map class names to thresholds, got {type(op).__name__}")
+    out: dict[str, float] = {}
+    for name, value in op.items():
+        if name not in classes:
+            continue  # e.g. "rule", "chosen_on" next to the thresholds
+        if isinstance(value, Mapping):
+            value = value.get("threshold")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[str(name)] = float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """Turns an N×C probability array into predicted labels; ``name`` says which rule."""
+
+    classes: tuple[str, ...]
+    task: str
+    thresholds: dict[str, float]
+    name: str
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> DecisionRule:
+        """The rule for a checkpoint's ``meta``. Raises :class:`CheckpointError` for a malformed
+        operating point and :class:`ConfigError` for an unknown task.
+        """
+        classes = tuple(str(c) for c in meta.get("classes") or ())
+        task = str(meta.get("task", "multiclass"))
+        if task not in ("multiclass", "multilabel"):
+            raise ConfigError(f"unknown task {task!r}; valid: multiclass, multilabel")
+        op = meta.get("operating_point")
+        thresholds = _thresholds(op, classes) if op else {}
+        if thresholds:
+            name = "operating_point"
+        else:
+            name = "argmax" if task == "multiclass" else f"threshold:{DEFAULT_MULTILABEL_THRESHOLD:g}"
+        return cls(classes, task, thresholds, name)
+
+    def predict(self, probs: np.ndarray) -> list[str]:
+        """The predicted label of each row (multilabel: the positive classes joined by ``;``, maybe empty)."""
+        probs = np.atleast_2d(np.asarray(probs, dtype=float))  # N×C
+        t = np.array([self.thresholds.get(c, np.nan) for c in self.classes], dtype=float)  # C, NaN where none
+        if self.task == "multilabel":
+            cut = np.where(np.isnan(t), DEFAULT_MULTILABEL_THRESHOLD, t)
+            return [
+                LABEL_SEPARATOR.join(c for c, on in zip(self.classes, row >= cut, strict=True) if on)
+                for row in probs
+            ]
+        out = []
+        has = ~np.isnan(t)
+        for row in probs:
+            passing = has & (row >= np.where(has, t, np.inf))
+            if passing.any():
+                k = int(np.argmax(np.where(passing, row, -np.inf)))
+            elif has.any() and not has.all():
+                k = int(np.argmax(np.where(has, -np.inf, row)))
+            else:
+                k = int(np.argmax(row))
+            out.append(self.classes[k])
+        return out

@@ -1,0 +1,234 @@
+"""The scoring loop: decode + preprocess in worker processes, overlapped with batched inference here.
+
+Workers (a ``spawn`` process pool: nothing of this process's threads or model is inherited) read and
+preprocess items; this process keeps at most ``prefetch`` items in flight, takes results back in input
+order, runs the model on every ``batch_size`` decoded images, and commits the rows of the batch (scored
+and failed ones, in input order) to the writer. While the model runs, the workers decode the next
+batches. ``workers=0`` decodes in this process (no overlap; for tiny runs and debugging).
+
+This module imports no torch at module level: the workers import it only if the preprocessor does.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medclass.phi import pseudonym
+from medclass.score.decide import DecisionRule
+from medclass.score.inputs import WorkItem, one_line
+from medclass.score.writer import PROB_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decoded:
+    """A work item after decoding: ``array`` 3×S×S float32, or None and ``error``."""
+
+    item: WorkItem
+    array: np.ndarray | None
+    patient: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    error: str = ""
+
+
+def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any]) -> Decoded:
+    """Read frame ``item.frame`` of ``item.path`` and preprocess it. Never raises: failures come back
+    as a :class:`Decoded` with ``error`` (one line: the typed error's message, naming the file).
+    """
+    if item.error:
+        return Decoded(item, None, pseudonym(item.patient_id), item.study_id, "", item.error)
+    patient, study, series = item.patient_id, item.study_id, ""
+    try:
+        from medclass import ingest
+
+        image = ingest.read_frame(item.path, int(item.frame or 0))
+        meta = image.meta
+        patient = meta.patient_id or patient
+        study, series = meta.study_uid or study, meta.series_uid
+        prepared = preprocessor(image)
+        array = np.ascontiguousarray(getattr(prepared, "array", prepared), dtype=np.float32)  # 3×S×S
+        if array.ndim != 3 or array.shape[0] != 3:
+            raise ValueError(f"preprocessing gave shape {array.shape}, expected 3×S×S")
+        if not np.isfinite(array).all():
+            raise ValueError("preprocessed image holds NaN or Inf values")
+    except Exception as exc:  # a bad input is a row with its error, never a crash of the run
+        return Decoded(item, None, pseudonym(patient), study, series, one_line(exc))
+    return Decoded(item, array, pseudonym(patient), study, series)
+
+
+# --- worker processes ------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(preprocessor: Callable[[Any], Any]) -> None:
+    _WORKER["preprocessor"] = preprocessor
+    import sys
+
+    if "torch" in sys.modules:  # a worker should use one core, not compete with the model's threads
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _decode_in_worker(item: WorkItem) -> Decoded:
+    return decode_item(item, _WORKER["preprocessor"])
+
+
+def decode_stream(
+    items: Iterable[WorkItem], preprocessor: Callable[[Any], Any], *, workers: int = 0, prefetch: int = 64
+) -> Iterator[Decoded]:
+    """The decoded items, in input order, from ``workers`` processes (0: here) with ``prefetch`` in flight.
+
+    If a worker process dies (a codec crash), the pool is restarted and the items in flight are decoded
+    again; an item whose decoding killed a worker twice becomes an error row.
+    """
+    if workers <= 0:
+        for item in items:
+            yield decode_item(item, preprocessor)
+        return
+    source = iter(items)
+    pending: deque[tuple[WorkItem, Future[Decoded]]] = deque()
+    crashes: dict[str, int] = {}
+    ctx = multiprocessing.get_context("spawn")
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(preprocessor,)
+        )
+
+    pool = new_pool()
+    try:
+        for item in source:
+            pending.append((item, pool.submit(_decode_in_worker, item)))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            item, fut = pending.popleft()
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                crashes[item.key] = crashes.get(item.key, 0) + 1
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+                retry = [i for i, _ in pending]
+                pending.clear()
+                if crashes[item.key] >= 2:
+                    result = Decoded(
+                        item, None, error=f"{item.path}: decoding crashed the worker process twice"
+                    )
+                else:
+                    retry.insert(0, item)
+                    result = None
+                for i in retry:
+                    pending.append((i, pool.submit(_decode_in_worker, i)))
+                if result is None:
+                    continue
+            nxt = next(source, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_decode_in_worker, nxt)))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- the loop --------------------------------------------------------------------------------------
+@dataclass
+class Counts:
+    """What a run did: ``scored`` and ``failed`` rows written now, ``skipped`` already done before."""
+
+    scored: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few error texts, for the closing line
+
+
+def _row(
+    d: Decoded, probs: np.ndarray | None, label: str, rule: DecisionRule, model_sha256: str
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": d.item.path,
+        "frame": "" if d.item.frame is None else int(d.item.frame),
+        "patient": d.patient,
+        "study_uid": d.study_uid,
+        "series_uid": d.series_uid,
+    }
+    for k, c in enumerate(rule.classes):
+        row[PROB_PREFIX + c] = "" if probs is None else round(float(probs[k]), 7)
+    row |= {
+        "predicted": label,
+        "decision": rule.name if probs is not None else "",
+        "model_sha256": model_sha256,
+        "error": d.error,
+    }
+    return row
+
+
+def score_items(
+    items: Sequence[WorkItem],
+    *,
+    backend: Callable[[np.ndarray], np.ndarray],
+    preprocessor: Callable[[Any], Any],
+    append: Callable[[list[dict[str, Any]]], None],
+    rule: DecisionRule,
+    model_sha256: str,
+    batch_size: int = 32,
+    workers: int = 0,
+    prefetch: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Counts:
+    """Score ``items`` (none already done: filter them first) and hand each batch's rows to ``append``.
+
+    ``append`` must commit the rows before returning (see :class:`~medclass.score.writer.ScoreOutput`);
+    ``progress(n)`` is called with the number of items each commit covers. Returns the :class:`Counts`.
+    """
+    counts = Counts()
+    prefetch = prefetch or max(2 * batch_size, 4 * max(workers, 1))
+    pending: list[Decoded] = []
+    n_ok = 0
+
+    def flush() -> None:
+        nonlocal n_ok
+        ok = [d for d in pending if d.array is not None]
+        probs = backend(np.stack([d.array for d in ok])) if ok else np.zeros((0, len(rule.classes)))  # N×C
+        labels = rule.predict(probs) if ok else []
+        by_id = {id(d): (p, lab) for d, p, lab in zip(ok, probs, labels, strict=True)}
+        rows = []
+        for d in pending:
+            p, lab = by_id.get(id(d), (None, ""))
+            rows.append(_row(d, p, lab, rule, model_sha256))
+            if p is None:
+                counts.failed += 1
+                if len(counts.errors) < 5:
+                    counts.errors.append(d.error)
+            else:
+                counts.scored += 1
+        append(rows)
+        if progress is not None:
+            progress(len(rows))
+        pending.clear()
+        n_ok = 0
+
+    for d in decode_stream(items, preprocessor, workers=workers, prefetch=prefetch):
+        pending.append(d)
+        if d.array is not None:
+            n_ok += 1
+        if n_ok >= batch_size:
+            flush()
+    if pending:
+        flush()
+    return counts
+
+
+def default_workers() -> int:
+    """Decode workers when not given: one per core beyond the first, at most 8 (1 on a 2-core machine)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
