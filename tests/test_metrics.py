@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
@@ -363,3 +365,31 @@ def test_delong_matches_proc_on_real_pneumoniamnist_predictions(tmp_path, pneumo
     y, a, b = pneumonia_predictions
     assert len(y) == 624 and 0.75 < roc_auc_score(y, a) < 0.99
     _check_against_proc(_proc(tmp_path, y, a, b), y, a, b)
+
+
+# --- properties -------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings(
+    "ignore::medclass.metrics.MetricWarning"
+)  # PPV undefined when nothing is positive
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 6)), min_size=4, max_size=60).filter(
+        lambda v: 2 <= sum(y for y, _ in v) <= len(v) - 2
+    )
+)
+def test_properties_against_sklearn_with_heavy_ties(cases):
+    y = np.array([int(a) for a, _ in cases])
+    s = np.array([b / 6 for _, b in cases])  # few distinct values: many ties
+    assert fast_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    np.testing.assert_allclose(midranks(s), rankdata(s))
+    dl = delong_auc(y, s)
+    assert dl.variance >= 0 and dl.ci_low <= dl.auc <= dl.ci_high
+    for rule in ("youden", "sens:0.8", "spec:0.8"):
+        thr = choose_threshold(y, s, rule)
+        assert thr in set(s.tolist()) or thr > s.max()  # an achievable threshold
+        op = operating_point(y, s, thr)
+        assert op.tp + op.fn == y.sum() and op.tn + op.fp == len(y) - y.sum()
+        if rule == "sens:0.8":
+            assert op.sensitivity >= 0.8
+        if rule == "spec:0.8":
+            assert op.specificity >= 0.8
