@@ -153,6 +153,10 @@ class Reader:
 
     format = "unknown"
 
+    def __call__(self, path: str, *, limit: int | None = None) -> Frames:
+        """Same as :meth:`open`: the reader table maps names to callables."""
+        return self.open(path, limit=limit)
+
     def open(self, path: str, *, limit: int | None = None) -> Frames:
         raise NotImplementedError
 
