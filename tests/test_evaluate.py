@@ -418,3 +418,12 @@ def test_without_patient_ids_both_levels_falls_back_to_image(val_test):
     blank = [dict(r, patient_id="") if i < 3 else r for i, r in enumerate(test)]
     with pytest.raises(DataError, match="3 of 400 rows have no patient/study id"):
         evaluate_predictions(val, blank, config=fast(n_bootstrap=10))
+
+
+def test_subgroups_use_image_thresholds_even_for_patient_level_only(val_test):
+    val, test = val_test
+    both = evaluate_predictions(val, test, config=fast(n_bootstrap=10, by=("sex",)))
+    pat = evaluate_predictions(val, test, config=fast(n_bootstrap=10, by=("sex",), level="patient"))
+    assert list(pat.levels) == ["patient"]
+    for a, b in zip(both.subgroups, pat.subgroups, strict=True):
+        assert a.classes["PNEUMONIA"].sensitivity == b.classes["PNEUMONIA"].sensitivity

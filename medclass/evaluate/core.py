@@ -337,9 +337,17 @@ def evaluate_predictions(
                 else _aggregate_table(test_t.with_scores(before), col, config.aggregate).scores
             )
             levels["patient"] = _level("patient", pv, pt, reported, rule, config, pb)
-        first = next(iter(levels.values()))
-        thresholds = {c: r.threshold for c, r in first.classes.items()}
-        subgroups = _subgroups(test_t, reported, thresholds, config) if config.by else ()
+        subgroups: tuple[SubgroupResult, ...] = ()
+        if config.by:  # image level, at the image-level thresholds chosen on validation
+            if "image" in levels:
+                thresholds = {c: r.threshold for c, r in levels["image"].classes.items()}
+            else:
+                k = {c: j for j, c in enumerate(val_t.classes)}
+                thresholds = {
+                    c: choose_threshold(val_t.y[:, k[c]], val_t.scores[:, k[c]], rule, what=c)
+                    for c in reported
+                }
+            subgroups = _subgroups(test_t, reported, thresholds, config)
     messages = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, MetricWarning)))
     for w in caught:  # hand every warning on to the caller; we only recorded them for the report
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
