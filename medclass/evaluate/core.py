@@ -218,13 +218,13 @@ def _class_result(
 def _level(level, val, test, reported, rule, config, before) -> LevelResult:
     idx = {c: j for j, c in enumerate(test.classes)}
     per = {c: _class_result(c, idx[c], val, test, rule, config, before, True) for c in reported}
-    strata = test.y_index if test.task == "multiclass" else None
+    single = test.task == "multiclass" and bool(np.all(test.y.sum(axis=1) == 1))
     cols = [idx[c] for c in reported]  # a binary task averages over its positive class only
     y_avg, s_avg = test.y[:, cols], test.scores[:, cols]
+    strata = y_avg[:, 0] if len(cols) == 1 else (test.y_index if single else None)
     avg = bootstrap_average_auc(y_avg, s_avg, strata=strata, n_bootstrap=config.n_bootstrap,
                                 seed=config.seed, alpha=config.alpha)  # fmt: skip
     macro_dl = delong_mean_auc(y_avg, s_avg, classes=avg.classes_used, alpha=config.alpha)
-    single = test.task == "multiclass" and bool(np.all(test.y.sum(axis=1) == 1))
     return LevelResult(
         level=level,
         n_val=len(val),
