@@ -11,6 +11,7 @@ states as ``<stem>.state.safetensors`` (tensors) + ``<stem>.state.json`` (everyt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from torch import nn
 
 from medclass.errors import CheckpointError
 from medclass.fileio import atomic_write_bytes, atomic_write_text
-from medclass.model import ARCHITECTURE, MainLogits, create_model
+from medclass.model import ARCHITECTURE, create_model, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def stem_of(path: Path | str) -> Path:
 
 
 def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, np.generic):
@@ -94,8 +97,9 @@ def _jsonable(value: Any) -> Any:
 
 def _image_size(model: nn.Module, meta: dict[str, Any]) -> int:
     spec = meta.get("input")
-    if isinstance(spec, dict) and spec.get("size"):
-        return int(spec["size"])
+    size = spec.get("size") if isinstance(spec, dict) else getattr(spec, "size", None)
+    if size:
+        return int(size)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return int(cfg.get("input_size", (3, 299, 299))[-1])
 
@@ -103,14 +107,14 @@ def _image_size(model: nn.Module, meta: dict[str, Any]) -> int:
 def save(stem: Path | str, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``<stem>.safetensors`` (state dict) then ``<stem>.json`` (``meta`` + what load checks), atomically.
 
-    ``model`` may be wrapped in :class:`~medclass.model.MainLogits`. The sidecar adds ``format_version``,
+    ``model`` may be wrapped (MainLogits, DDP, torch.compile). The sidecar adds ``format_version``,
     ``architecture``, ``num_classes``, ``aux_logits``, ``image_size`` (from ``meta["input"]["size"]`` or the
     model's config), and the weights file's ``sha256`` and ``size``. Returns the sidecar's path. Raises
     :class:`CheckpointError` when ``meta`` cannot be stored as JSON or its ``classes`` disagree with the model;
     on any error the previous checkpoint at ``stem`` is left as it was.
     """
     stem = stem_of(stem)
-    inner = model.model if isinstance(model, MainLogits) else model
+    inner = unwrap(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in inner.state_dict().items()}
     fc = state.get("fc.weight")
     if fc is None:
@@ -184,7 +188,8 @@ def _verified_bytes(st_path: Path, meta: dict[str, Any]) -> bytes:
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta.get("sha256"):
         raise CheckpointError(
-            "sha256 mismatch: the weights file was modified after saving (tampered or corrupt)", st_path
+            "sha256 mismatch: the weights file changed after saving (tampered, corrupt, or an interrupted save)",
+            st_path,
         )
     return data
 

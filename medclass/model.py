@@ -245,7 +245,7 @@ class MainLogits(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model: nn.Module = model.model if isinstance(model, MainLogits) else model
+        self.model: nn.Module = unwrap(model, compiled=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # N×3×S×S → N×C
         m = self.model
@@ -253,6 +253,22 @@ class MainLogits(nn.Module):
             return m.forward_head(m.forward_postaux(m.forward_preaux(x)))
         out = m(x)
         return out[0] if isinstance(out, tuple | list) else out
+
+
+def unwrap(model: nn.Module, *, compiled: bool = True) -> nn.Module:
+    """The model inside :class:`MainLogits`, (Distributed)DataParallel and, if ``compiled``, torch.compile.
+
+    Evaluating through the bare model avoids DDP's collective calls when only one rank evaluates.
+    """
+    while True:
+        if isinstance(model, MainLogits):
+            model = model.model
+        elif isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif compiled and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
 
 
 def forward_train(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

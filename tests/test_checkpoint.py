@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import random
@@ -91,16 +92,25 @@ def test_round_trip_weights_and_meta(saved) -> None:
     assert out.shape == (1, 2)
 
 
-def test_save_returns_sidecar_and_accepts_wrapped_models(tmp_path: Path) -> None:
-    model = create_model(3, image_size=75)
+@dataclasses.dataclass
+class _Spec:
+    size: int
+    mean: tuple[float, ...]
+
+
+@pytest.mark.parametrize("wrap", [MainLogits, nn.DataParallel])
+def test_save_returns_sidecar_and_accepts_wrapped_models(tmp_path: Path, wrap) -> None:
+    model = create_model(3, image_size=299)
     apply_mode(model, "linear")  # the instance train() override must not get in the way
     meta = {"classes": ["a", "b", "c"], "task": "multilabel", "metrics": {"auc": np.float32(0.5)},
-            "data": Path("x/y.csv")}  # fmt: skip
-    path = save(tmp_path / "run" / "last", MainLogits(model), meta)
+            "data": Path("x/y.csv"), "input": _Spec(75, (0.5, 0.5, 0.5))}  # fmt: skip
+    path = save(tmp_path / "run" / "last", wrap(model), meta)
     assert path == tmp_path / "run" / "last.json"
     loaded = load(path)
     assert loaded.meta["image_size"] == 75 and loaded.meta["num_classes"] == 3
+    assert loaded.meta["input"] == {"size": 75, "mean": [0.5, 0.5, 0.5]}
     assert loaded.meta["metrics"]["auc"] == 0.5 and loaded.meta["data"] == "x/y.csv"
+    assert next(iter(loaded.model.state_dict())) == "Conv2d_1a_3x3.conv.weight"
     assert not list((tmp_path / "run").glob("*.tmp")), "no temporary files left behind"
 
 

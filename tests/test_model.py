@@ -119,6 +119,7 @@ def test_main_logits_and_forward_train_without_aux() -> None:
     # a generic module returning a tuple is unwrapped too; nesting MainLogits does not stack wrappers
     wrapped = MainLogits(MainLogits(model))
     assert wrapped.model is model
+    assert MainLogits(nn.DataParallel(model)).model is model, "eval bypasses (D)DP wrappers"
 
 
 def test_probabilities_and_predict_proba() -> None:
