@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from medclass.errors import ConfigError, DataError
+from medclass.manifest import load_manifest
 from medclass.train import distributed as dist_
 from medclass.train import runfiles
 from medclass.train.config import TrainConfig, check_resumable, read_saved, save_config
@@ -137,17 +138,19 @@ def train(config: TrainConfig, *, resume: bool = False, max_epochs: int | None =
 def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs: int | None) -> TrainResult:
     run_dir = config.run_dir
     seed_everything(config.seed)
-    p: Prepared = prepare(config, ctx)
+    manifest = load_manifest(Path(config.manifest), config.data_root)
     saved_path = run_dir / "config.yaml"
     start_epoch, tracker, history = 0, _Tracker(config.patience), []
-    if resume:
+    if resume:  # checked before any decoding or model building
         if not (run_dir / "last.json").is_file():
             raise ConfigError("nothing to resume: no 'last' checkpoint in this run folder", run_dir)
-        check_resumable(read_saved(saved_path), config, p.manifest.sha256, saved_path)
-    elif ctx.is_main and (saved_path.exists() or (run_dir / "last.json").exists()):
+        check_resumable(read_saved(saved_path), config, manifest.sha256, saved_path)
+    elif saved_path.exists() or (run_dir / "last.json").exists():
         raise ConfigError(
             "already holds a training run; pass --resume to continue it or choose another --out", run_dir
         )
+    dist_.barrier(ctx)  # every rank has checked before rank 0 writes anything
+    p: Prepared = prepare(config, ctx, manifest)
 
     model, ddp = p.model, p.ddp
     steps_per_epoch = max(1, len(p.train_loader))

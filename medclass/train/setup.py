@@ -102,12 +102,13 @@ def _datasets(config: TrainConfig, manifest: Any, preprocessor: Any, ctx: dist_.
     return load_all()
 
 
-def prepare(config: TrainConfig, ctx: dist_.DistContext) -> Prepared:
-    """Build data, model and loaders for ``config`` on ``ctx``'s device. Raises the stages' errors."""
-    from medclass.manifest import load_manifest
+def prepare(config: TrainConfig, ctx: dist_.DistContext, manifest: Any) -> Prepared:
+    """Build data, model and loaders for ``config`` and the loaded ``manifest`` on ``ctx``'s device.
+
+    Raises the stages' errors, and :class:`DataError` when the training split holds a single class.
+    """
     from medclass.preprocess import Preprocessor, input_spec
 
-    manifest = load_manifest(Path(config.manifest), config.data_root)
     spec = input_spec(config.model_name, config.image_size)
     preprocessor = Preprocessor(spec, window=config.window, fit=config.fit)
     train_ds, val_ds = _datasets(config, manifest, preprocessor, ctx)
