@@ -160,6 +160,8 @@ def test_metrics_json_keys(val_test):
         "confusion_matrix",
     }
     assert set(cls["sensitivity_at_specificity"]) == {"0.9", "0.95"}
+    for point in cls["sensitivity_at_specificity"].values():  # bootstrap CI read off the ROC band
+        assert point["ci_low"] <= point["value"] <= point["ci_high"] and point["ci_low"] < point["ci_high"]
     assert cls["calibration"]["n_bins"] == 10 and len(cls["calibration"]["bins"]) == 10
     macro = d["levels"]["patient"]["macro"]
     assert set(macro) >= {"auc", "auc_ci_low", "auc_ci_high", "auc_delong_ci_low", "auc_delong_ci_high"}

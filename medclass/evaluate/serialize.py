@@ -19,7 +19,7 @@ its positive class only, otherwise every class or finding)::
                          sensitivity, specificity, ppv, npv (+ _ci_low/_ci_high, Wilson), f1, accuracy,
                          tp, fp, tn, fn, confusion_matrix [[tn, fp], [fn, tp]],
                          validation {the same rates on the validation split}},
-        sensitivity_at_specificity {"0.9": {value, threshold}, "0.95": ...},
+        sensitivity_at_specificity {"0.9": {value, threshold, ci_low, ci_high}, "0.95": ...}  (bootstrap)
         specificity_at_sensitivity {"0.9": {value, threshold}, "0.95": ...},
         calibration {brier, ece, mce, n_bins, bins [{lower, upper, count, mean_predicted, observed}]},
         calibration_before_scaling {...}           (with temperature scaling)
@@ -103,6 +103,17 @@ def _boot(b: BootstrapCI) -> dict[str, Any]:
             "n_bootstrap_valid": b.n_valid}  # fmt: skip
 
 
+def _band_ci(c: ClassResult, fpr: float) -> dict[str, Any]:
+    """Bootstrap CI of the sensitivity at FPR <= ``fpr`` read from the ROC band (when on its grid)."""
+    band = c.auc.band
+    if band is None:
+        return {}
+    hits = [i for i, f in enumerate(band.fpr) if abs(f - fpr) < 1e-9]
+    if not hits:
+        return {}
+    return {"ci_low": _num(band.tpr_low[hits[0]]), "ci_high": _num(band.tpr_high[hits[0]])}
+
+
 def _class(c: ClassResult, rule: str, description: str) -> dict[str, Any]:
     out = _auc(c.auc)
     out["average_precision"] = _num(c.average_precision)
@@ -111,7 +122,8 @@ def _class(c: ClassResult, rule: str, description: str) -> dict[str, Any]:
     op["validation"] = {k: v for k, v in _op(c.val_operating).items() if k != "threshold"}
     out["operating_point"] = op
     out["sensitivity_at_specificity"] = {
-        f"{p.target:g}": {"value": _num(p.value), "threshold": _num(p.threshold)} for p in c.sens_at_spec
+        f"{p.target:g}": {"value": _num(p.value), "threshold": _num(p.threshold)} | _band_ci(c, 1 - p.target)
+        for p in c.sens_at_spec
     }
     out["specificity_at_sensitivity"] = {
         f"{p.target:g}": {"value": _num(p.value), "threshold": _num(p.threshold)} for p in c.spec_at_sens

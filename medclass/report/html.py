@@ -122,7 +122,7 @@ def _fixed_rows(level: Mapping[str, Any]) -> list[list[str]]:
                 [
                     esc(name),
                     f"sensitivity at specificity &ge; {esc(target)}",
-                    num(v.get("value")),
+                    ci(v, "value", "ci_low", "ci_high"),
                     num(v.get("threshold"), 4),
                 ]
             )
@@ -195,7 +195,7 @@ def _level_section(
     fixed = _fixed_rows(level)
     if fixed:
         parts.append("<h3>Fixed operating points on the test ROC curve (achievable thresholds only)</h3>")
-        parts.append(table(["class", "point", "value", "threshold"], fixed))
+        parts.append(table(["class", "point", "value [95% bootstrap CI]", "threshold"], fixed))
     mc = level.get("multiclass")
     if mc and len(mc.get("classes", [])) > 2:
         parts.append(f"<p>Arg-max accuracy (single label): <b>{num(mc.get('accuracy'))}</b></p>")
