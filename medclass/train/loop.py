@@ -296,9 +296,7 @@ def _validate(
         channels_last=config.channels_last,
     )
     scores, targets, losses = dist_.gather_predictions(indices, scores, targets, losses, ctx)
-    if len(scores) != len(p.val_loader.dataset):
-        raise DataError(
-            f"validation gathered {len(scores)} predictions for {len(p.val_loader.dataset)} images"
-        )
+    if len(scores) != len(p.val_ds or ()):
+        raise DataError(f"validation gathered {len(scores)} predictions for {len(p.val_ds or ())} images")
     auc = macro_auc(targets.numpy(), scores.numpy(), p.task, p.classes)
     return auc, float(losses.mean()), len(scores)

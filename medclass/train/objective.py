@@ -74,6 +74,8 @@ class InceptionLoss(torch.nn.Module):
     Label smoothing applies to the multiclass cross-entropy only.
     """
 
+    weight: torch.Tensor | None
+
     def __init__(
         self,
         task: str,

@@ -106,7 +106,11 @@ class RunIO:
     def meta(self, metrics: dict[str, Any]) -> dict[str, Any]:
         from dataclasses import asdict, is_dataclass
 
-        spec = asdict(self.spec) if is_dataclass(self.spec) else dict(vars(self.spec))
+        spec = (
+            asdict(self.spec)
+            if is_dataclass(self.spec) and not isinstance(self.spec, type)
+            else dict(vars(self.spec))
+        )
         return {
             "architecture": self.config.model_name,
             "classes": list(self.manifest.classes),

@@ -102,6 +102,20 @@ def _datasets(config: TrainConfig, manifest: Any, preprocessor: Any, ctx: dist_.
     return load_all()
 
 
+def aux_head_off(model: torch.nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turn the aux head off for training (``aux_weight`` 0): not computed, frozen, left out of the
+    optimizer, kept in the checkpoint as it was. Returns the parameter groups without it."""
+    head: Any = getattr(model, "AuxLogits", None)
+    if head is None:
+        return groups
+    frozen = {id(q) for q in head.parameters()}
+    for q in head.parameters():
+        q.requires_grad_(False)
+    model.aux_logits = False  # type: ignore[assignment]
+    log.info("aux_weight 0: the auxiliary head is off")
+    return [dict(g, params=[q for q in g["params"] if id(q) not in frozen]) for g in groups]
+
+
 def prepare(config: TrainConfig, ctx: dist_.DistContext, manifest: Any) -> Prepared:
     """Build data, model and loaders for ``config`` and the loaded ``manifest`` on ``ctx``'s device.
 
@@ -134,13 +148,8 @@ def prepare(config: TrainConfig, ctx: dist_.DistContext, manifest: Any) -> Prepa
     groups = apply_mode(
         model, config.mode, partial_blocks=config.partial_blocks, backbone_lr_scale=config.backbone_lr_scale
     )
-    if config.aux_weight == 0:  # aux head off: not computed, not trained (kept in the checkpoint as it was)
-        aux = {id(q) for q in model.AuxLogits.parameters()}
-        for q in model.AuxLogits.parameters():
-            q.requires_grad_(False)
-        groups = [dict(g, params=[q for q in g["params"] if id(q) not in aux]) for g in groups]
-        model.aux_logits = False
-        log.info("aux_weight 0: the auxiliary head is off")
+    if config.aux_weight == 0:
+        groups = aux_head_off(model, groups)
     to_device(model, ctx.device, channels_last=config.channels_last)
     ddp = dist_.wrap(model, ctx)
 
