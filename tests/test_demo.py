@@ -1,0 +1,141 @@
+"""``medclass demo``: the quick profile end to end (one run for every assertion), and its helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medclass.cli import main
+from medclass.demo.index import hardware, render_index
+from medclass.demo.profiles import PROFILES, get_profile
+from medclass.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    code = main(["demo", "--out", str(out), "--profile", "quick", "--no-progress"])
+    return code, out
+
+
+@pytest.mark.slow
+def test_demo_exit_code(demo: tuple[int, Path]) -> None:
+    code, out = demo
+    assert code == 0, (out / "demo.json").read_text() if (out / "demo.json").exists() else "no demo.json"
+
+
+@pytest.mark.slow
+def test_demo_outputs_exist(demo: tuple[int, Path]) -> None:
+    _, out = demo
+    for rel in ("index.html", "evaluation/report.html", "evaluation/metrics.json", "manifest.csv",
+                "data/labels.csv", "data/lesions.json", "run/best.safetensors", "localisation.json", "demo.json"):  # fmt: skip
+        assert (out / rel).is_file(), rel
+    doc = json.loads((out / "demo.json").read_text())
+    assert doc["clinician_reports"], "no clinician report"
+    assert any(r.endswith(".html") for r in doc["clinician_reports"])
+    for rel in doc["clinician_reports"]:
+        assert (out / rel).is_file()
+
+
+@pytest.mark.slow
+def test_demo_dicom_outputs_readable(demo: tuple[int, Path]) -> None:
+    import pydicom
+
+    _, out = demo
+    doc = json.loads((out / "demo.json").read_text())
+    assert doc["dicom_outputs"], "no DICOM output"
+    for rel in doc["dicom_outputs"]:
+        ds = pydicom.dcmread(out / rel)
+        assert ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+        assert ds.pixel_array.ndim in (2, 3)
+
+
+@pytest.mark.slow
+def test_demo_input_data_is_varied_dicom(demo: tuple[int, Path]) -> None:
+    _, out = demo
+    facts = json.loads((out / "demo.json").read_text())["dataset"]
+    assert "MONOCHROME1" in facts["photometric"] and "MONOCHROME2" in facts["photometric"]
+    assert facts["images"] > facts["patients"]  # several images per patient
+
+
+@pytest.mark.slow
+def test_demo_learns_the_task(demo: tuple[int, Path]) -> None:
+    _, out = demo
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    auc = metrics["levels"]["image"]["classes"]["opacity"]["auc"]
+    assert auc >= 0.9, f"test AUC {auc}"
+
+
+@pytest.mark.slow
+def test_demo_grad_cam_points_at_the_opacity(demo: tuple[int, Path]) -> None:
+    _, out = demo
+    loc = json.loads((out / "localisation.json").read_text())
+    assert loc["n"] >= 10
+    assert loc["hit_rate"] >= 0.8, loc["hit_rate"]
+
+
+@pytest.mark.slow
+def test_demo_index_links_are_relative_and_resolve(demo: tuple[int, Path]) -> None:
+    import re
+
+    _, out = demo
+    page = (out / "index.html").read_text()
+    hrefs = re.findall(r'href="([^"]+)"', page)
+    assert hrefs
+    from urllib.parse import unquote
+
+    for h in hrefs:
+        assert "://" not in h and not h.startswith("/"), h
+        assert (out / unquote(h)).exists(), h
+    assert "Test AUC" in page and "hit rate" in page and "random init" in page
+
+
+@pytest.mark.slow
+def test_demo_refuses_an_earlier_demo_without_force(
+    demo: tuple[int, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, out = demo
+    assert main(["demo", "--out", str(out)]) == 1
+    assert "--force" in capsys.readouterr().err
+
+
+def test_unknown_profile_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="quick"):
+        get_profile("huge")
+    assert set(PROFILES) == {"quick", "full"}
+    assert PROFILES["full"].image_size == 299
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "thesis.tex").write_text("x")
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "thesis.tex").exists()
+
+
+def test_index_escapes_every_string() -> None:
+    evil = '<script>alert("x")</script>'
+    doc = {
+        "profile": {"name": evil, "description": evil, "image_size": 128},
+        "seed": 0,
+        "hardware": {"cpu": evil},
+        "dataset": {"photometric": evil},
+        "splits": {"test": {"images": 2, "patients": 1}},
+        "seconds": {"data": 1.0},
+        "auc": {"image": {"auc": 0.95, "ci_low": 0.9, "ci_high": 1.0, "n_test": 10}},
+        "localisation": {"hit_rate": 0.9, "n": 10, "layer": evil, "grid": [13, 13]},
+        "clinician_reports": [f"explain/{evil}.html"],
+        "dicom_outputs": ["explain/a b.dcm"],
+        "warnings": [evil],
+    }
+    page = render_index(doc)
+    assert "<script>" not in page
+    assert 'href="explain/a%20b.dcm"' in page
+    assert "0.950" in page and "90%" in page
+
+
+def test_hardware_names_cpu_and_cores() -> None:
+    hw = hardware()
+    assert hw["cores"] >= 1 and hw["cpu"]
