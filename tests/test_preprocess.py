@@ -407,3 +407,18 @@ def test_preview_only_missing_files_is_an_error(tmp_path, capsys):
     code, out = _preview(tmp_path, tmp_path / "nope.dcm")
     assert code == ExitCode.ERROR and not list(out.glob("*.png"))
     assert "nope.dcm" in capsys.readouterr().err
+
+
+def test_resize_is_antialiased_and_restores_torch_threads():
+    import torch
+
+    from medclass.preprocess.geometry import resize
+
+    stripes = np.tile(np.array([0.0, 1.0], np.float32), (64, 32))  # 1-px stripes, 64×64
+    before = torch.get_num_threads()
+    out = resize(stripes, (16, 16), "bicubic")
+    assert torch.get_num_threads() == before
+    # antialiasing averages the stripes to grey; plain sampling would alias to black or white
+    assert out.shape == (16, 16) and np.allclose(out[:, 1:-1], 0.5, atol=0.01)
+    assert np.allclose(out, 0.5, atol=0.05)  # the border column sees one stripe more of one colour
+    assert out.min() >= 0 and out.max() <= 1
