@@ -29,7 +29,7 @@ from torch import nn
 
 from medclass.errors import CheckpointError
 from medclass.fileio import atomic_write_bytes, atomic_write_text
-from medclass.model import ARCHITECTURE, create_model, unwrap
+from medclass.model import ARCHITECTURE, model_from_state_dict, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -232,23 +232,7 @@ def load(path: Path | str) -> Checkpoint:
     classes = meta.get("classes")
     if classes is not None and len(classes) != num_classes:
         raise CheckpointError(f"sidecar lists {len(classes)} classes for {num_classes} outputs", st_path)
-    model = create_model(
-        num_classes,
-        aux_logits=bool(meta.get("aux_logits", True)),
-        image_size=int(meta.get("image_size", 299)),
-    )
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        keys = ", ".join((missing + unexpected + wrong)[:3])
-        raise CheckpointError(
-            f"architecture mismatch: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(wrong)} wrong-shape keys (first: {keys})",
-            st_path,
-        )
-    model.load_state_dict(state, strict=True)
+    model = model_from_state_dict(state, image_size=int(meta.get("image_size", 299)), source=st_path)
     model.eval()
     return Checkpoint(model=model, meta=meta, path=stem)
 

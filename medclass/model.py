@@ -116,11 +116,8 @@ def create_model(
         model = _build(num_classes, aux_logits, drop_rate)
     else:
         model = _from_weights(Path(weights), num_classes, aux_logits, drop_rate, reset_heads)
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    cfg["input_size"] = (3, image_size, image_size)
-    model.pretrained_cfg = cfg
-    model.train()
-    return model
+    _set_image_size(model, image_size)
+    return model.train()
 
 
 # --- reading weights -------------------------------------------------------------------------------
@@ -199,18 +196,40 @@ def _mismatch_message(model: nn.Module, sd: dict[str, torch.Tensor], limit: int 
     return "; ".join(parts) or None
 
 
+def model_from_state_dict(
+    sd: dict[str, torch.Tensor], *, image_size: int = 299, drop_rate: float = 0.0, source: Path | None = None
+) -> nn.Module:
+    """A model shaped like ``sd`` (class count from ``fc.weight``, aux head iff ``AuxLogits.*`` keys) holding it.
+
+    Built on the meta device and filled by assignment (no random init: fast), floating tensors as float32.
+    Returns the model in training mode on the CPU. Raises :class:`CheckpointError` naming ``source`` and the
+    first missing/unexpected/wrong-shape keys when ``sd`` is not an Inception V3 state dict.
+    """
+    fc = sd.get("fc.weight")
+    num_classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else 1000
+    with torch.device("meta"):
+        model = _build(num_classes, any(k.startswith("AuxLogits.") for k in sd), drop_rate)
+    problem = _mismatch_message(model, sd)
+    if problem is not None:
+        raise CheckpointError(f"not an Inception V3 state dict ({problem})", source)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers())), "tensor left on meta device"
+    _set_image_size(model, image_size)
+    return model.train()
+
+
+def _set_image_size(model: Any, image_size: int) -> None:
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    cfg["input_size"] = (3, image_size, image_size)
+    model.pretrained_cfg = cfg
+
+
 def _from_weights(
     path: Path, num_classes: int, aux_logits: bool, drop_rate: float, reset_heads: bool
 ) -> Any:  # InceptionV3
-    sd = read_state_dict(path)
-    fc = sd.get("fc.weight")
-    src_classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else num_classes
-    src_aux = any(k.startswith("AuxLogits.") for k in sd)
-    model = _build(src_classes, src_aux, drop_rate)
-    problem = _mismatch_message(model, sd)
-    if problem is not None:
-        raise CheckpointError(f"not an Inception V3 state dict ({problem})", path)
-    model.load_state_dict(sd, strict=True)
+    model: Any = model_from_state_dict(read_state_dict(path), drop_rate=drop_rate, source=path)
+    src_classes, src_aux = model.num_classes, model.AuxLogits is not None
     if aux_logits and not src_aux:
         log.info("%s: no aux head in the weights; the aux head starts from random init", path)
         _fresh_aux(model, src_classes)

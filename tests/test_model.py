@@ -26,7 +26,7 @@ from medclass.model import (
     to_device,
 )
 
-SIZES = [75, 128, 160, 224, 299]
+SIZES = [75, 128, 160, pytest.param(224, marks=pytest.mark.slow), pytest.param(299, marks=pytest.mark.slow)]
 
 
 def _bn_stats(model: nn.Module) -> dict[str, torch.Tensor]:
