@@ -449,3 +449,27 @@ def test_letterbox_bars_reveal_the_kermany_label_crop_does_not(kermany):
             view.shape == (64, 64)
             and min(view[0].max(), view[-1].max(), view[:, 0].max(), view[:, -1].max()) > 0
         )
+
+
+def test_preprocessing_does_not_mutate_the_image(spec):
+    pixels = np.random.default_rng(4).uniform(-1000, 1000, (50, 70)).astype(np.float32)
+    mask = np.ones(pixels.shape, bool)
+    mask[:5] = False
+    image = make(pixels.copy(), photometric="MONOCHROME1", mask=mask.copy())
+    Preprocessor(spec, "lung")(image)
+    display_image(image, "percentile")
+    np.testing.assert_array_equal(image.pixels, pixels)
+    np.testing.assert_array_equal(image.mask, mask)
+
+
+@needs_ingest
+def test_preview_multiframe_slice_policy_and_bad_window(tmp_path, capsys, dicom_samples):
+    from medclass.cli import ExitCode
+
+    multi = dicom_samples / "pydicom-data" / "emri_small.dcm"  # 10 frames
+    code, out = _preview(tmp_path, multi, extra=["--slice-policy", "all"])
+    assert code == ExitCode.OK
+    assert sorted(p.name for p in out.glob("*.png")) == [f"emri_small_f{i:03d}.png" for i in range(10)]
+    code, _ = _preview(tmp_path, multi, extra=["--window", "softtissue"])
+    assert code == ExitCode.ERROR
+    assert "unknown window 'softtissue'; valid: auto" in capsys.readouterr().err
