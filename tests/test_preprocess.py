@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
@@ -473,3 +475,26 @@ def test_preview_multiframe_slice_policy_and_bad_window(tmp_path, capsys, dicom_
     code, _ = _preview(tmp_path, multi, extra=["--window", "softtissue"])
     assert code == ExitCode.ERROR
     assert "unknown window 'softtissue'; valid: auto" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 400), w=st.integers(1, 400), size=st.integers(16, 128), fit=st.sampled_from(sorted(FITS))
+)
+def test_to_original_inverts_to_input_for_any_shape(h, w, size, fit):
+    g = FITS[fit]((h, w), size)
+    top, left, ch, cw = g.content
+    assert top >= 0 and top + ch <= size and left >= 0 and left + cw <= size
+    rows_in, cols_in = np.mgrid[:size, :size].astype(np.float32)
+    back_r, back_c = (
+        g.to_original(rows_in),
+        g.to_original(cols_in),
+    )  # H×W: input coordinate seen by each pixel
+    exp_r, exp_c = g.to_input(np.arange(h), np.arange(w))
+    exp_r = np.clip(exp_r, top, top + ch - 1)[:, None]
+    exp_c = np.clip(exp_c, left, left + cw - 1)[None, :]
+    seen = ~np.isnan(back_r)
+    np.testing.assert_allclose(back_r[seen], np.broadcast_to(exp_r, (h, w))[seen], atol=1e-3)
+    np.testing.assert_allclose(back_c[seen], np.broadcast_to(exp_c, (h, w))[seen], atol=1e-3)
+    ct, cl, side_h, side_w = g.crop
+    assert seen[ct : ct + side_h, cl : cl + side_w].all() and seen.sum() == side_h * side_w
