@@ -498,3 +498,13 @@ def test_to_original_inverts_to_input_for_any_shape(h, w, size, fit):
     np.testing.assert_allclose(back_c[seen], np.broadcast_to(exp_c, (h, w))[seen], atol=1e-3)
     ct, cl, side_h, side_w = g.crop
     assert seen[ct : ct + side_h, cl : cl + side_w].all() and seen.sum() == side_h * side_w
+
+
+def test_preprocessor_pickles_for_worker_processes(spec):
+    import pickle
+
+    image = make(np.random.default_rng(5).uniform(0, 4095, (40, 30)), photometric="MONOCHROME1")
+    for window in ("auto", "lung", "-600/1500", "percentile:1,99"):
+        prep = Preprocessor(spec, window, "crop")
+        clone = pickle.loads(pickle.dumps(prep))
+        np.testing.assert_array_equal(clone(image).array, prep(image).array)
