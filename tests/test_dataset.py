@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from medclass.dataset import CachedDataset, decode_row
-from medclass.errors import ConfigError, DataError
+from medclass.errors import ConfigError, DataError, MedclassError
 
 
 def make_png_set(
@@ -171,3 +171,13 @@ def test_bad_settings():
         CachedDataset(None, "train", lambda i: i, cache="ram")
     with pytest.raises(ConfigError, match="cache_dir"):
         CachedDataset(None, "train", lambda i: i, cache="disk")
+
+
+def test_no_cache_decodes_on_access_and_names_a_broken_file(pngs):
+    ds = CachedDataset(_manifest(pngs), "train", _preprocessor(75), cache="none").load()
+    assert len(ds) == 9 and ds.nbytes() == 0  # nothing decoded up front
+    x, _ = ds[0]
+    assert x.shape == (3, 75, 75)
+    broken = next(i for i, r in enumerate(ds.rows) if r.path == "broken0.png")
+    with pytest.raises(MedclassError, match=r"broken0\.png"):
+        ds[broken]

@@ -448,3 +448,33 @@ def test_imbalance_options_run(tmp_path, imbalance, optimizer, caplog):
     if imbalance == "weighted":
         assert "class weights for the loss: [0.667, 2.0]" in caplog.text
     assert "training from scratch (random init)" in caplog.text
+
+
+def test_early_stopping_tracker():
+    from medclass.train.loop import _Tracker
+
+    t = _Tracker(patience=2)
+    assert t.update(1, 0.6, 1.0) and not t.should_stop
+    assert t.update(2, 0.7, 1.0)
+    assert not t.update(3, 0.7, 0.5) and not t.should_stop  # equal is not better
+    assert not t.update(4, 0.65, 0.5) and t.should_stop
+    assert (t.best_epoch, t.best_auc) == (2, 0.7)
+    u = _Tracker(patience=0)  # off
+    u.update(1, 0.9, 1.0)
+    for e in range(2, 10):
+        u.update(e, 0.1, 1.0)
+    assert not u.should_stop
+    v = _Tracker(patience=3)  # AUC undefined: falls back on val loss
+    v.update(1, float("nan"), 2.0)
+    assert v.update(2, float("nan"), 1.0) and v.best_epoch == 2
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(pngs, tmp_path):
+    import importlib.util
+
+    from medclass.train import train
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    with pytest.raises(ConfigError, match=r"medclass\[tracking\]"):
+        train(_config(pngs, tmp_path / "tb", tensorboard=True))

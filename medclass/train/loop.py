@@ -150,6 +150,7 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
             "already holds a training run; pass --resume to continue it or choose another --out", run_dir
         )
     dist_.barrier(ctx)  # every rank has checked before rank 0 writes anything
+    writer = runfiles.tensorboard_writer(run_dir) if (config.tensorboard and ctx.is_main) else None
     p: Prepared = prepare(config, ctx, manifest)
 
     model, ddp = p.model, p.ddp
@@ -188,7 +189,6 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
         grad_clip=config.grad_clip,
         augment=p.augment,
     )
-    writer = runfiles.tensorboard_writer(run_dir) if (config.tensorboard and ctx.is_main) else None
     stopped = False
     last_epoch = start_epoch
     end = config.epochs if max_epochs is None else min(config.epochs, start_epoch + max_epochs)
