@@ -478,3 +478,13 @@ def test_tensorboard_without_the_package_is_a_clear_error(pngs, tmp_path):
         pytest.skip("tensorboard is installed")
     with pytest.raises(ConfigError, match=r"medclass\[tracking\]"):
         train(_config(pngs, tmp_path / "tb", tensorboard=True))
+
+
+def test_malloc_tuning_respects_the_environment(monkeypatch):
+    from medclass.train.steps import tune_cpu_malloc
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "8589934592")
+    assert tune_cpu_malloc() is False  # the user's own setting wins
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert tune_cpu_malloc() in (True, False)  # True on glibc; never raises

@@ -31,7 +31,7 @@ from medclass.train import runfiles
 from medclass.train.config import TrainConfig, check_resumable, read_saved, save_config
 from medclass.train.objective import InceptionLoss, epoch_seed, loss_weights, macro_auc
 from medclass.train.setup import Prepared, prepare
-from medclass.train.steps import StepRunner, predict
+from medclass.train.steps import StepRunner, predict, tune_cpu_malloc
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ def train(config: TrainConfig, *, resume: bool = False, max_epochs: int | None =
 def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs: int | None) -> TrainResult:
     run_dir = config.run_dir
     seed_everything(config.seed)
+    if ctx.device.type == "cpu" and tune_cpu_malloc():
+        log.debug("glibc malloc thresholds raised for CPU training")
     manifest = load_manifest(Path(config.manifest), config.data_root)
     saved_path = run_dir / "config.yaml"
     start_epoch, tracker, history = 0, _Tracker(config.patience), []
