@@ -77,11 +77,22 @@ def safe_cell(value: Any) -> Any:
     return value
 
 
+def restore_cell(value: str) -> str:
+    """Undo :func:`safe_cell` on a cell read back from a CSV medclass wrote (``"'=x"`` → ``"=x"``).
+
+    Only an apostrophe followed by a formula character is removed, so a value that really starts with
+    an apostrophe and a letter is kept as it is.
+    """
+    if len(value) > 1 and value[0] == "'" and value[1:].startswith(_FORMULA_START):
+        return value[1:]
+    return value
+
+
 def write_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
-    """Write ``rows`` atomically as CSV with formula-injection-safe cells."""
+    """Write ``rows`` atomically as CSV with formula-injection-safe cells (the header line too)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer.writerow({k: safe_cell(k) for k in fieldnames})
     for row in rows:
         writer.writerow({k: safe_cell(v) for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
