@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -72,9 +74,18 @@ def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any]) -> Decoded:
 _WORKER: dict[str, Any] = {}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Exit when the main process is gone (a SIGKILL leaves no one to shut the pool down)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _init_worker(preprocessor: Callable[[Any], Any]) -> None:
     _WORKER["preprocessor"] = preprocessor
     import sys
+
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
     if "torch" in sys.modules:  # a worker should use one core, not compete with the model's threads
         sys.modules["torch"].set_num_threads(1)
@@ -157,13 +168,13 @@ def _row(
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "path": d.item.path,
-        "frame": "" if d.item.frame is None else int(d.item.frame),
+        "frame": None if d.item.frame is None else int(d.item.frame),
         "patient": d.patient,
         "study_uid": d.study_uid,
         "series_uid": d.series_uid,
     }
     for k, c in enumerate(rule.classes):
-        row[PROB_PREFIX + c] = "" if probs is None else round(float(probs[k]), 7)
+        row[PROB_PREFIX + c] = None if probs is None else round(float(probs[k]), 7)
     row |= {
         "predicted": label,
         "decision": rule.name if probs is not None else "",

@@ -1,0 +1,225 @@
+"""End-to-end scoring throughput: ``medclass score``'s pipeline vs a naive loop and vs forward-only.
+
+Inputs are real files: the Kermany chest X-ray JPEGs (full resolution) and the 2D single-frame DICOM
+samples that decode with the installed codecs, repeated (symlinked under distinct names) to ``--n`` items.
+Three measurements in the same run, same model (random Inception V3, ``--size`` px, 2 classes):
+
+- **pipeline**: :func:`medclass.score.score_items` — decode + preprocess in ``--workers`` processes,
+  overlapped with batched inference (``--batch-size``, ``--precision``, channels_last), rows committed
+  (append + fsync) to a CSV; worker start-up included. Also the whole :func:`run_scoring` wall time
+  (checkpoint load, input expansion, summary) for reference.
+- **naive**: what a first script does: pydicom ``pixel_array`` / PIL read, min-max scale, PIL bilinear
+  resize, mean/std, ``model(x)`` at batch 1 in fp32, default NCHW layout, one image after the other.
+- **forward-only**: the same backend as the pipeline (batch, precision, channels_last) on tensors already
+  in memory: the ceiling the pipeline can approach.
+
+    .venv/bin/python benchmarks/bench_score.py --n 100 --batch-size 32 --precision bf16
+    .venv/bin/python benchmarks/bench_score.py --n 40 --size 128 --workers 1 --naive-n 10
+
+Targets: pipeline ≥ 3× naive and ≥ 0.8× forward-only. Writes ``benchmarks/results/score-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import environment, environment_line, table, write_results  # noqa: E402
+
+DATA = Path(os.environ.get("MEDCLASS_DATA_ROOT", HERE.parent.parent / "shared" / "data"))
+
+
+def real_files() -> list[Path]:
+    """Kermany JPEGs and the 2D single-frame DICOM samples that medclass can read."""
+    from medclass import ingest
+
+    files = sorted((DATA / "kermany_cxr_pneumonia_fullres" / "images").rglob("*.jpeg"))
+    for f in sorted((DATA / "dicom_samples").rglob("*.dcm")):
+        try:
+            meta = ingest.read_meta(f)
+            if meta.n_frames == 1 and len(meta.original_shape) >= 2:
+                ingest.read_frame(f, 0)
+                files.append(f)
+        except Exception:  # not 2D or needs a missing codec: not part of the benchmark
+            continue
+    return files
+
+
+def build_inputs(folder: Path, n: int) -> list[Path]:
+    """``n`` links to real files (JPEGs and DICOM interleaved) under distinct names."""
+    files = real_files()
+    jpegs = [f for f in files if f.suffix == ".jpeg"]
+    dicoms = [f for f in files if f.suffix != ".jpeg"]
+    mixed = [
+        f for pair in zip(jpegs, dicoms * (len(jpegs) // max(1, len(dicoms)) + 1), strict=False) for f in pair
+    ]
+    out = []
+    for i in range(n):
+        src = mixed[i % len(mixed)]
+        link = folder / f"{i:05d}_{src.name}"
+        link.symlink_to(src)
+        out.append(link)
+    return out
+
+
+def make_checkpoint(stem: Path, size: int) -> Path:
+    import torch
+
+    from medclass import checkpoint
+    from medclass.model import create_model
+    from medclass.preprocess import input_spec
+
+    torch.manual_seed(0)
+    spec = input_spec(image_size=size)
+    model = create_model(2, image_size=size).eval()
+    meta = dict(
+        classes=["a", "b"], task="multiclass", input=dataclasses.asdict(spec), window="auto", fit="letterbox"
+    )
+    checkpoint.save(stem, model, meta)
+    return stem
+
+
+def naive(files: list[Path], model, size: int, mean, std) -> float:
+    """Images/s of the naive loop over ``files``."""
+    import numpy as np
+    import pydicom
+    import torch
+    from PIL import Image
+
+    from medclass.model import MainLogits
+
+    net = MainLogits(model).eval()
+    m = np.array(mean, dtype=np.float32)[:, None, None]
+    s = np.array(std, dtype=np.float32)[:, None, None]
+    start = time.perf_counter()
+    for f in files:
+        if f.suffix == ".jpeg":
+            arr = np.asarray(Image.open(f).convert("L"), dtype=np.float32)
+        else:
+            arr = pydicom.dcmread(f).pixel_array.astype(np.float32)
+            arr = arr[..., 0] if arr.ndim == 3 else arr
+        arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-6)
+        img = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR), dtype=np.float32)
+        x = torch.from_numpy(((np.stack([img] * 3) - m) / s)[None].astype(np.float32))  # 1×3×S×S
+        with torch.no_grad():
+            torch.softmax(net(x), 1)
+    return len(files) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100, help="items to score (real files repeated)")
+    ap.add_argument("--naive-n", type=int, default=20, help="items for the naive loop (it is slow)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    ap.add_argument("--workers", type=int, default=None, help="decode processes (default: medclass's)")
+    ap.add_argument("--threads", type=int, default=None, help="model threads (default: medclass's)")
+    ap.add_argument("--size", type=int, default=299)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from medclass import checkpoint
+    from medclass.score import (
+        DecisionRule,
+        ScoreConfig,
+        ScoreOutput,
+        expand_inputs,
+        make_backend,
+        run_scoring,
+        score_columns,
+        score_items,
+    )
+    from medclass.score.pipeline import default_workers
+    from medclass.score.runner import _threads, make_preprocessor
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_score."))
+    folder = tmp / "in"
+    folder.mkdir()
+    files = build_inputs(folder, args.n)
+    stem = make_checkpoint(tmp / "ck", args.size)
+    ck = checkpoint.load(stem)
+    pre = make_preprocessor(ck.meta)
+    workers = default_workers() if args.workers is None else args.workers
+    cfg = ScoreConfig(paths=[folder], out=tmp / "x.csv", workers=workers, threads=args.threads)
+    threads = _threads(cfg, workers, 1)
+    torch.set_num_threads(threads)
+    backend = make_backend("torch", task="multiclass", model=ck.model, precision=args.precision)
+    rule = DecisionRule.from_meta(ck.meta)
+    items = expand_inputs([folder])
+
+    # forward-only on preloaded tensors (same backend, batch, precision, layout)
+    from medclass import ingest
+
+    x = np.stack([pre(ingest.read_frame(f, 0)).array for f in files[: args.batch_size]])  # B×3×S×S
+    backend(x)  # warm-up
+    reps = max(1, args.n // args.batch_size)
+    start = time.perf_counter()
+    for _ in range(reps):
+        backend(x)
+    forward = reps * len(x) / (time.perf_counter() - start)
+
+    # the pipeline
+    out = ScoreOutput(tmp / "scores.csv", "csv", score_columns(rule.classes))
+    out.open()
+    start = time.perf_counter()
+    counts = score_items(items, backend=backend, preprocessor=pre, append=out.append, rule=rule,
+                         model_sha256=ck.meta["sha256"], batch_size=args.batch_size, workers=workers)  # fmt: skip
+    pipeline = len(items) / (time.perf_counter() - start)
+    out.close()
+    assert counts.failed == 0, counts.errors
+
+    # the whole command (checkpoint load, expansion, summary included)
+    start = time.perf_counter()
+    run_scoring(dataclasses.replace(cfg, checkpoint=stem, out=tmp / "run.csv", batch_size=args.batch_size,
+                                    precision=args.precision, device="cpu"))  # fmt: skip
+    whole = len(items) / (time.perf_counter() - start)
+
+    torch.set_num_threads(threads)
+    naive_rate = naive(files[: args.naive_n], ck.model, args.size, pre.spec.mean, pre.spec.std)
+
+    info = environment()
+    print(environment_line(info))
+    print(f"{len(items)} items ({sum(f.suffix == '.jpeg' for f in files)} JPEG, "
+          f"{sum(f.suffix != '.jpeg' for f in files)} DICOM) at {args.size} px, batch {args.batch_size}, "
+          f"{args.precision}, {workers} workers, {threads} model threads")  # fmt: skip
+    rows = [
+        [
+            "pipeline (score_items)",
+            f"{pipeline:.1f}",
+            f"{pipeline / naive_rate:.2f}",
+            f"{pipeline / forward:.2f}",
+        ],
+        ["run_scoring (whole)", f"{whole:.1f}", f"{whole / naive_rate:.2f}", f"{whole / forward:.2f}"],
+        ["naive loop (batch 1 fp32)", f"{naive_rate:.1f}", "1.00", f"{naive_rate / forward:.2f}"],
+        ["forward-only", f"{forward:.1f}", f"{forward / naive_rate:.2f}", "1.00"],
+    ]
+    print(table(rows, ["variant", "img/s", "× naive", "× forward"]))
+    path = write_results(
+        "score",
+        {
+            "environment": info,
+            "settings": vars(args) | {"workers": workers, "threads": threads, "items": len(items)},
+            "images_per_s": {
+                "pipeline": pipeline,
+                "run_scoring": whole,
+                "naive": naive_rate,
+                "forward": forward,
+            },
+            "ratios": {"pipeline_vs_naive": pipeline / naive_rate, "pipeline_vs_forward": pipeline / forward},
+        },
+    )
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""``medclass score``: batch-score folders, manifests or files with a checkpoint, resumable, exactly once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from medclass.cli import ExitCode
+
+HELP = "score many images with a checkpoint (one row per slice/frame; resumable)"
+DESCRIPTION = """\
+Score every 2D image under PATH... with a checkpoint and write one row per slice/frame: source path,
+frame, hashed patient id, study/series UIDs, prob:<class> per class, the predicted label(s) at the
+checkpoint's operating point (else argmax / 0.5; the 'decision' column says which), the weights' sha256
+and the error text (empty when fine). A study summary goes to <out stem>.studies.csv.
+
+PATH is a folder (walked recursively; DICOM recognised by content, slices of a series grouped), a
+manifest (.csv with a path column, resolved against --data-root), or a file. Bad files become rows with
+their error; the exit code is 3 (partial) when any row failed.
+
+Rows are committed in batches (append, flush, fsync). After a crash or kill, run the same command
+with --resume: done rows are skipped, a torn last line is dropped, every input ends up exactly once.
+Under torchrun each rank scores every N-th input into <out>.rank<k>; rank 0 merges them.
+
+Examples:
+  medclass score --checkpoint runs/r1/best scans/ --out scores.csv
+  medclass score --checkpoint runs/r1/best scans/ --out scores.csv --resume
+  medclass score --checkpoint runs/r1/best data_manifests/kermany_cxr.csv --data-root ../shared/data \\
+      --out scores.jsonl --precision bf16 --workers 2
+  medclass export --checkpoint runs/r1/best --format onnx --out model.onnx
+  medclass score --backend onnxruntime --onnx model.onnx scans/ --out scores.csv
+  torchrun --nproc-per-node 2 -m medclass score --checkpoint runs/r1/best scans/ --out scores.csv
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="folders, manifests (.csv) or image files")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint stem (or its .json/.safetensors)")
+    parser.add_argument("--out", type=Path, required=True, help="scores file (.csv, .jsonl or .parquet)")
+    parser.add_argument(
+        "--format", choices=("csv", "jsonl", "parquet"), help="output format (default: from --out's suffix)"
+    )
+    parser.add_argument("--data-root", type=Path, help="root of the paths in manifests")
+    parser.add_argument(
+        "--slice-policy", default="all", help="which slices of volumes/multi-frame files: all, middle, "
+        "index:N, max-foreground",
+    )  # fmt: skip
+    run = parser.add_argument_group("how")
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument(
+        "--workers", type=int, help="decode processes (0: decode in the main process; default: cores - 1)"
+    )
+    run.add_argument("--threads", type=int, help="model threads (default: the cores, less half the workers)")
+    run.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    run.add_argument("--onnx", type=Path, help="ONNX model from 'medclass export' (--backend onnxruntime)")
+    run.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    out = parser.add_argument_group("output")
+    out.add_argument("--resume", action="store_true", help="continue an interrupted run on the same --out")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    out.add_argument(
+        "--aggregate", choices=("mean", "max"), default="mean", help="how a study's images are combined"
+    )
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+
+
+def _progress(enabled: bool | None) -> Callable[[int, int], Callable[[int], None]] | None:
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return None
+
+    def start(total: int, done: int) -> Callable[[int], None]:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=done, unit="img", desc="score", dynamic_ncols=True)
+        return bar.update
+
+    return start
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    from medclass.score import ScoreConfig, run_scoring
+
+    config = ScoreConfig(
+        paths=[str(p) for p in args.paths],
+        out=args.out,
+        checkpoint=args.checkpoint,
+        format=args.format,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        backend=args.backend,
+        onnx=args.onnx,
+        precision=args.precision,
+        device=args.device,
+        slice_policy=args.slice_policy,
+        data_root=args.data_root,
+        aggregate=args.aggregate,
+        threads=args.threads,
+    )
+    report = run_scoring(config, progress=_progress(args.progress))
+    c = report.counts
+    if report.rank != 0:
+        return ExitCode.PARTIAL if c.failed else ExitCode.OK
+    where = f"{report.out}" + (
+        f" (+ {report.summary.name}: {report.n_studies} studies)" if report.summary else ""
+    )
+    earlier = report.failed_in_output - c.failed
+    more = f" ({earlier} more failed in earlier runs)" if earlier > 0 else ""
+    print(f"scored {c.scored}, skipped {c.skipped} (already done), failed {c.failed}{more} → {where}")
+    for err in c.errors[:3]:
+        print(f"  failed: {err}", file=sys.stderr)
+    return ExitCode.PARTIAL if report.failed_in_output else ExitCode.OK

@@ -1,0 +1,110 @@
+"""medclass.export and ``medclass export``: ONNX of the main logits, sidecar, parity with torch on real images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_score import SIZE, kermany_jpegs, make_checkpoint
+
+from medclass.cli import ExitCode, main
+from medclass.score import read_scores
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("export")
+    ckpt = make_checkpoint(folder / "tiny", operating_point={"PNEUMONIA": 0.6})
+    out = folder / "model.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == ExitCode.OK
+    return ckpt, out
+
+
+def test_export_writes_onnx_and_sidecar(exported: tuple[Path, Path]) -> None:
+    import onnx
+
+    ckpt, out = exported
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    side = json.loads((out.parent / "model.onnx.json").read_text())
+    assert side["format"] == "medclass-onnx"
+    for key in ("classes", "task", "input", "window", "fit", "operating_point", "sha256"):
+        assert side[key] == meta[key]
+    assert side["weights_sha256"] == meta["sha256"]
+    assert side["parity_max_abs_logit_diff"] < 1e-4
+    model = onnx.load(str(out))
+    (inp,) = model.graph.input
+    (outp,) = model.graph.output  # the main logits only: no aux output
+    assert inp.name == "image" and outp.name == "logits"
+    assert inp.type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch axis
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [3, SIZE, SIZE]
+    assert outp.type.tensor_type.shape.dim[1].dim_value == 2
+    assert not list(out.parent.glob(".*.tmp"))  # atomic: no temporaries left
+
+
+def test_onnxruntime_matches_torch_on_real_images(
+    exported: tuple[Path, Path], kermany: Path, dicom_samples: Path
+) -> None:
+    from medclass import checkpoint, ingest
+    from medclass.score import make_backend
+    from medclass.score.runner import make_preprocessor
+
+    ckpt, out = exported
+    ck = checkpoint.load(ckpt)
+    pre = make_preprocessor(ck.meta)
+    files = [*kermany_jpegs(kermany, 5), dicom_samples / "highdicom" / "dx_image.dcm",
+             dicom_samples / "dcmqi_ct-3slice" / "02.dcm"]  # fmt: skip
+    x = np.stack([pre(ingest.read(f)[0]).array for f in files])  # N×3×S×S
+    torch_probs = make_backend("torch", task="multiclass", model=ck.model, precision="fp32")(x)
+    ort = make_backend("onnxruntime", task="multiclass", onnx_path=out)
+    ort_probs = ort(x)
+    single = np.concatenate([ort(x[i : i + 1]) for i in range(2)])  # batch 1 works too (dynamic axis)
+    diff = float(np.max(np.abs(torch_probs - ort_probs)))
+    print(f"onnxruntime vs torch fp32 max |Δprob| on {len(files)} real images: {diff:.2e}")
+    assert diff < 1e-4
+    assert np.max(np.abs(single - ort_probs[:2])) < 1e-5
+    assert torch_probs[:, 1].std() > 0.01  # the images get different scores: the check means something
+
+
+def test_score_with_onnxruntime_backend(exported: tuple[Path, Path], kermany: Path, tmp_path: Path) -> None:
+    ckpt, out = exported
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, f in enumerate(kermany_jpegs(kermany, 3)):
+        shutil.copy(f, folder / f"x{i}.jpeg")
+    common = ["--workers", "0", "--batch-size", "2", "--no-progress"]
+    a, b = tmp_path / "torch.csv", tmp_path / "ort.csv"
+    assert main(["score", "--checkpoint", str(ckpt), str(folder), "--out", str(a), *common]) == ExitCode.OK
+    assert main(["score", "--backend", "onnxruntime", "--onnx", str(out), str(folder), "--out", str(b),
+                 *common]) == ExitCode.OK  # fmt: skip
+    ra, rb = read_scores(a), read_scores(b)
+    assert [r["path"] for r in ra] == [r["path"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        assert abs(float(x["prob:PNEUMONIA"]) - float(y["prob:PNEUMONIA"])) < 1e-4
+        assert x["predicted"] == y["predicted"] and x["decision"] == y["decision"] == "operating_point"
+        assert x["model_sha256"] == y["model_sha256"]
+
+
+def test_stale_export_is_refused(exported: tuple[Path, Path], tmp_path: Path, kermany: Path, capsys) -> None:
+    _, out = exported
+    other = make_checkpoint(tmp_path / "other", seed=3)
+    image = kermany_jpegs(kermany, 1)[0]
+    code = main(["score", "--checkpoint", str(other), "--backend", "onnxruntime", "--onnx", str(out),
+                 str(image), "--out", str(tmp_path / "s.csv"), "--workers", "0"])  # fmt: skip
+    assert code == ExitCode.ERROR
+    assert "exported from other weights" in capsys.readouterr().err
+
+
+def test_missing_sidecar_is_a_clear_error(exported: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    _, out = exported
+    lonely = tmp_path / "lonely.onnx"
+    shutil.copy(out, lonely)
+    code = main(["score", "--backend", "onnxruntime", "--onnx", str(lonely), str(tmp_path),
+                 "--out", str(tmp_path / "s.csv")])  # fmt: skip
+    assert code == ExitCode.ERROR
+    assert "lonely.onnx.json" in capsys.readouterr().err
