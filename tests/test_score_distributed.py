@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _torchrun(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "medclass", "score", *args]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -49,7 +49,7 @@ def test_two_ranks_score_every_input_exactly_once(tmp_path: Path, kermany: Path,
 
     # the same rows, in the same order, as one process
     single = tmp_path / "single.csv"
-    assert main([*common[:3], "--out", str(single), *common[5:]]) == ExitCode.PARTIAL
+    assert main(["score", *common[:3], "--out", str(single), *common[5:]]) == ExitCode.PARTIAL
     ref = read_scores(single)
     assert keys == [item_key(r["path"], r["frame"]) for r in ref]
     for a, b in zip(rows, ref, strict=True):
