@@ -14,6 +14,7 @@ from ``(seed, epoch)`` at the start of every epoch, and the optimizer/scheduler 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -136,6 +137,10 @@ def train(config: TrainConfig, *, resume: bool = False, max_epochs: int | None =
 
 
 def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs: int | None) -> TrainResult:
+    from medclass.preprocess import input_spec
+
+    if config.image_size is None:  # record the size actually used (the model's own: 299)
+        config = dataclasses.replace(config, image_size=input_spec(config.model_name).size)
     run_dir = config.run_dir
     seed_everything(config.seed)
     if ctx.device.type == "cpu" and tune_cpu_malloc():
@@ -168,6 +173,8 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
             r for r in runfiles.read_metrics(run_dir / "metrics.csv") if (r.get("epoch") or 0) <= start_epoch
         ]
         log.info("resuming after epoch %d of %d", start_epoch, config.epochs)
+        if tracker.should_stop:
+            log.info("this run had already stopped early (patience %d): nothing to resume", config.patience)
     elif ctx.is_main:
         save_config(config, saved_path, manifest_sha256=p.manifest.sha256, classes=p.classes, task=p.task)
     dist_.barrier(ctx)
@@ -194,6 +201,8 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
     stopped = False
     last_epoch = start_epoch
     end = config.epochs if max_epochs is None else min(config.epochs, start_epoch + max_epochs)
+    if tracker.should_stop:
+        end, stopped = start_epoch, True
     for epoch in range(start_epoch, end):
         p.train_sampler.set_epoch(epoch)
         torch.manual_seed(epoch_seed(config.seed, epoch, 0))  # dropout & co.
