@@ -488,3 +488,16 @@ def test_malloc_tuning_respects_the_environment(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     assert tune_cpu_malloc() in (True, False)  # True on glibc; never raises
+
+
+def test_cli_resume_reads_the_saved_config(tmp_path):
+    from medclass.cli import train as cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    c = resolve_config(None, {"manifest": "m.csv", "out": str(tmp_path), "lr": 0.003, "image_size": 96})
+    save_config(c, tmp_path / "config.yaml", manifest_sha256="0" * 64)
+    again = cli_train.resolve(parser.parse_args(["--out", str(tmp_path), "--resume", "--epochs", "40"]))
+    assert again.lr == 0.003 and again.image_size == 96 and again.epochs == 40
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        cli_train.resolve(parser.parse_args(["--out", str(tmp_path / "none"), "--resume"]))

@@ -48,6 +48,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "medclass", "train", "--manifest", str(manifest), "--out", str(out), "--image-size", "75",
         "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--no-progress", "--workers", "0",
+        "--cache", "disk", "--cache-dir", str(tmp_path / "cache"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -61,4 +62,5 @@ def test_torchrun_two_cpu_processes(tmp_path):
 
     rows = read_metrics(out / "metrics.csv")
     assert len(rows) == 1 and rows[0]["val_count"] == 5
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 13  # rank 0 decoded, rank 1 read the cache
     assert "rank 1/2" in proc.stderr and "gloo" in proc.stderr
