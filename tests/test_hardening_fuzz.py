@@ -54,8 +54,8 @@ def _run(worker, tmp_path: Path, seed: F.Seed, names: list[str], rng_seed: int, 
     case_id = f"{seed.name} {names} seed={rng_seed}{' noext' if noext else ''}"
     TALLY.add(case_id, res)
     if not res.allowed:
-        keep = Path(__file__).resolve().parent / "fuzz" / "findings"
-        keep.mkdir(exist_ok=True)
+        keep = F.findings_dir()
+        keep.mkdir(parents=True, exist_ok=True)
         (keep / f"{res.outcome}-{res.kind}-{seed.name}-{rng_seed}".replace("/", "_")).write_bytes(data)
     assert res.allowed, f"{case_id}: {res.outcome} {res.kind}: {res.message}"
     assert res.rss_growth_kb <= F.MAX_RSS_GROWTH_KB, f"{case_id}: RSS grew {res.rss_growth_kb} KiB"

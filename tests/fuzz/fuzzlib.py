@@ -45,6 +45,13 @@ MAX_RSS_GROWTH_KB = 1_500_000  # peak RSS growth allowed for one case (256 MiB l
 BIG_ALLOC_KB = 1 << 20  # a single case that reserves over 1 GiB is noted (not failed: see README)
 
 
+def findings_dir() -> Path:
+    """Where inputs that gave a forbidden outcome are kept: ``$FUZZ_FINDINGS`` or a temp folder."""
+    import tempfile
+
+    return Path(os.environ.get("FUZZ_FINDINGS") or Path(tempfile.gettempdir()) / "medclass-fuzz-findings")
+
+
 # --- seed corpus -------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Seed:

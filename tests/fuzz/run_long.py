@@ -4,7 +4,7 @@
 
 Prints a tally every ``--every`` cases and at the end; inputs that gave a forbidden outcome (another
 exception, bad image, timeout, hang, crash, MemoryError, RSS blow-up) are saved under
-``tests/fuzz/findings/`` with the outcome in the file name. Exit code 1 if there was any finding.
+``--findings`` (default ``$FUZZ_FINDINGS`` or ``<tmp>/medclass-fuzz-findings``) with the outcome in the file name. Exit code 1 if there was any finding.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case-timeout", type=int, default=F.CASE_TIMEOUT_S)
     ap.add_argument("--as-limit-gib", type=float, default=None,
                     help="RLIMIT_AS of the worker (default 6); lower it to see transient allocations fail")  # fmt: skip
-    ap.add_argument("--findings", type=Path, default=Path(__file__).resolve().parent / "findings")
+    ap.add_argument("--findings", type=Path, default=F.findings_dir(), help="default: $FUZZ_FINDINGS or a temp folder")
     args = ap.parse_args(argv)
     if args.as_limit_gib:
         F.WORKER_AS_LIMIT = int(args.as_limit_gib * 2**30)
