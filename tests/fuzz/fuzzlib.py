@@ -483,7 +483,7 @@ def m_png_chunk(d: bytearray, r: random.Random) -> bytearray:
         return m_bitflips(d, r)
     off, _typ, length = r.choice(chunks)
     if r.random() < 0.4:
-        struct.pack_into(">I", d, off, r.choice([0, length + 1, 0x7FFFFFFF, 0xFFFFFFFF, r.randrange(1 << 31)]))
+        struct.pack_into(">I", d, off, r.choice([0, min(length + 1, 0xFFFFFFFF), 0x7FFFFFFF, 0xFFFFFFFF, r.randrange(1 << 31)]))
         return d
     if length:
         for _ in range(r.randint(1, 4)):
@@ -540,7 +540,10 @@ def mutate(seed: Seed, names: list[str], rng_seed: int) -> bytes:
     data = bytearray(seed.data)
     table = mutators_for(seed.fmt)
     for name in names:
-        data = table[name](data, r)
+        try:
+            data = table[name](data, r)
+        except (struct.error, IndexError, ValueError, OverflowError):  # a structure earlier mutations broke
+            data = m_bitflips(data, r)
     return bytes(data)
 
 
