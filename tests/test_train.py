@@ -501,3 +501,19 @@ def test_cli_resume_reads_the_saved_config(tmp_path):
     assert again.lr == 0.003 and again.image_size == 96 and again.epochs == 40
     with pytest.raises(ConfigError, match="nothing to resume"):
         cli_train.resolve(parser.parse_args(["--out", str(tmp_path / "none"), "--resume"]))
+
+
+def test_val_auc_uses_log_odds_so_saturated_probabilities_do_not_tie():
+    from medclass.train.objective import macro_auc
+    from medclass.train.steps import log_odds
+
+    logits = torch.tensor([[0.0, 100.0], [0.0, 200.0], [300.0, 0.0], [0.0, 300.0]])  # N×2
+    y = np.array([0, 1, 0, 1])
+    probs = torch.softmax(logits, 1).numpy()
+    assert macro_auc(y, probs, "multiclass") == pytest.approx(0.75)  # p = 1.0 ties
+    assert macro_auc(y, log_odds(logits, "multiclass").numpy(), "multiclass") == pytest.approx(1.0)
+    lo = log_odds(torch.tensor([[1.0, 2.0, 0.5]]), "multiclass")
+    p = torch.softmax(torch.tensor([1.0, 2.0, 0.5]), 0)
+    assert torch.allclose(lo[0], torch.log(p / (1 - p)), atol=1e-5)
+    multi = torch.tensor([[100.0], [200.0], [-300.0], [300.0]])
+    assert macro_auc(y[:, None], log_odds(multi, "multilabel").numpy(), "multilabel") == pytest.approx(1.0)

@@ -182,7 +182,8 @@ def auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
 
 
 def macro_auc(targets: np.ndarray, scores: np.ndarray, task: str, classes: list[str] | None = None) -> float:
-    """Validation AUC: macro one-vs-rest (multiclass: ``targets`` (N,), ``scores`` (N, C) probabilities;
+    """Validation AUC: macro one-vs-rest (multiclass: ``targets`` (N,), ``scores`` (N, C) probabilities or
+    per-class log-odds — any per-class monotone transform gives the same AUC;
     binary uses the positive class) or macro over findings (multilabel: ``targets``/``scores`` (N, C)).
 
     Classes with one label value only are skipped with a warning; NaN (with a warning) if none is left.

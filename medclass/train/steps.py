@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medclass.model import MainLogits, autocast_context, forward_train, probabilities
+from medclass.model import MainLogits, autocast_context, forward_train
 from medclass.train.objective import InceptionLoss
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -138,6 +138,22 @@ def _check_finite(loss: float, step: int) -> None:
         )
 
 
+def log_odds(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Per-class log-odds ``log(p / (1 - p))`` of ``logits`` in float32: N×C.
+
+    Multilabel: the logits themselves. Multiclass: ``l_k - logsumexp(l_j, j ≠ k)``. A monotone function
+    of each class's probability (same ranking, same AUC) that does not saturate to ties where the
+    probabilities round to exactly 0 or 1.
+    """
+    logits = logits.float()
+    if task == "multilabel":
+        return logits
+    c = logits.shape[1]
+    others = logits.unsqueeze(1).expand(-1, c, c).clone()  # N×C×C: row k holds all logits
+    others[:, torch.arange(c), torch.arange(c)] = float("-inf")  # … except l_k
+    return logits - torch.logsumexp(others, dim=2)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -150,6 +166,9 @@ def predict(
     channels_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Main-head scores of every batch in eval mode: ``(scores N×C, targets, per-sample loss N)`` on CPU.
+
+    Scores are per-class log-odds (:func:`log_odds`): the same ranking, hence the same AUC, as the
+    probabilities, without the ties that saturated probabilities (exactly 0 or 1) would create.
 
     The model's training flag is restored afterwards; the aux head is not computed.
     """
@@ -166,7 +185,7 @@ def predict(
             with autocast_context(device, precision):
                 logits = head(x)  # N×C
             losses.append(criterion.per_sample(logits, y).cpu())
-            scores.append(probabilities(logits, task).cpu())
+            scores.append(log_odds(logits, task).cpu())
             targets.append(y.cpu())
     finally:
         model.train(was_training)
