@@ -12,6 +12,9 @@ Three measurements in the same run, same model (random Inception V3, ``--size`` 
   resize, mean/std, ``model(x)`` at batch 1 in fp32, default NCHW layout, one image after the other.
 - **forward-only**: the same backend as the pipeline (batch, precision, channels_last) on tensors already
   in memory: the ceiling the pipeline can approach.
+- **decode-only**: the decode workers alone (read + preprocess, no model): the other ceiling. With
+  overlap the pipeline approaches min(decode, forward); without it, their harmonic combination. On a
+  machine with few cores both compete for the same cores.
 
     .venv/bin/python benchmarks/bench_score.py --n 100 --batch-size 32 --precision bf16
     .venv/bin/python benchmarks/bench_score.py --n 40 --size 128 --workers 1 --naive-n 10
@@ -168,6 +171,15 @@ def main() -> None:
         backend(x)
     forward = reps * len(x) / (time.perf_counter() - start)
 
+    # decode-only: the workers alone (what the pipeline can at most consume)
+    from medclass.score import decode_stream
+
+    start = time.perf_counter()
+    n_dec = sum(
+        1 for _ in decode_stream(items, pre, workers=workers, prefetch=max(2 * args.batch_size, 4 * workers))
+    )
+    decode = n_dec / (time.perf_counter() - start)
+
     # the pipeline
     out = ScoreOutput(tmp / "scores.csv", "csv", score_columns(rule.classes))
     out.open()
@@ -202,6 +214,7 @@ def main() -> None:
         ["run_scoring (whole)", f"{whole:.1f}", f"{whole / naive_rate:.2f}", f"{whole / forward:.2f}"],
         ["naive loop (batch 1 fp32)", f"{naive_rate:.1f}", "1.00", f"{naive_rate / forward:.2f}"],
         ["forward-only", f"{forward:.1f}", f"{forward / naive_rate:.2f}", "1.00"],
+        ["decode-only (workers)", f"{decode:.1f}", f"{decode / naive_rate:.2f}", f"{decode / forward:.2f}"],
     ]
     print(table(rows, ["variant", "img/s", "× naive", "× forward"]))
     path = write_results(

@@ -86,6 +86,7 @@ def test_sigkill_then_resume_gives_every_input_exactly_once(tmp_path: Path, kerm
         kills.append(_kill_when(proc, out, target))
         assert _worker_gone(proc.pid), "the decode worker outlived the killed main process"
     assert kills == sorted(kills) and kills[-1] < N_INPUTS  # each kill left work to do
+    print(f"killed with {kills} rows committed")
 
     proc = _start(ckpt, folder, out, "--resume")
     stdout, stderr = proc.communicate(timeout=600)
