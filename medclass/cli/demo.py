@@ -351,7 +351,8 @@ def _run_stages(
         state["explained"] = cases
         if _command_available("explain"):
             _call("explain", ["explain", "--checkpoint", checkpoint, *[data / c for c in cases],
-                              "--out", explain_dir, "--layer", profile.cam_layer, "--dicom"], tb)  # fmt: skip
+                              "--out", explain_dir, "--layer", profile.cam_layer, "--method", profile.cam_method,
+                              "--metrics", eval_dir / "metrics.json", "--dicom"], tb)  # fmt: skip
         else:
             msg = "the explain command is not available in this installation: no clinician reports"
             state["warnings"].append(msg)
@@ -407,13 +408,14 @@ def _localise(console: Any, checkpoint: Path, manifest: Path, data: Path, lesion
             bar.update(task, completed=done, total=total)
 
         loc = grad_cam_hits(checkpoint, manifest, lesions, data_root=data, positive_class=positive,
-                            layer=profile.cam_layer, on_image=on_image)  # fmt: skip
+                            layer=profile.cam_layer, method=profile.cam_method, on_image=on_image)  # fmt: skip
     result = loc.to_dict()
     atomic_write_text(out / "localisation.json", json.dumps(result, indent=1) + "\n")
     console.print(
-        f"  peak within the lesion (+ ½ cell) on {sum(h.hit for h in loc.hits)}/{loc.n} test positives "
-        f"({_pct(loc.hit_rate)}); strictly inside the disc {_pct(loc.strict_rate)}; layer {loc.layer} "
-        f"({loc.grid[0]}×{loc.grid[1]} grid)"
+        f"  Grad-CAM peak within the lesion + 1 cell on {sum(h.hit for h in loc.hits)}/{loc.n} test positives "
+        f"({_pct(loc.hit_rate)}; chance {_pct(loc.chance_rate)}); within + ½ cell {_pct(loc.half_cell_rate)}; "
+        f"strictly inside the disc {_pct(loc.strict_rate)}; {loc.method} at {loc.layer} "
+        f"({loc.grid[0]}×{loc.grid[1]} grid, cell {loc.tolerance_px[0]:.0f}–{loc.tolerance_px[1]:.0f} px)"
     )
     return result
 
@@ -428,7 +430,7 @@ def _write_index(out: Path, profile: Any, args: argparse.Namespace, state: dict[
     from medclass.fileio import atomic_write_text
 
     explain_dir = out / "explain"
-    reports = [p for p in _files(explain_dir, (".html", ".pdf"))]
+    reports = [p for p in _files(explain_dir, (".html", ".pdf")) if p.name != "index.html"]
     dicoms = [p for p in _files(explain_dir, (".dcm",)) if _is_dicom(p)]
     dicoms += [p for p in _files(explain_dir, ("",)) if _is_dicom(p)]
     doc = {
@@ -444,6 +446,7 @@ def _write_index(out: Path, profile: Any, args: argparse.Namespace, state: dict[
         "localisation": {k: v for k, v in state.get("localisation", {}).items() if k != "images"},
         "explained": state.get("explained", []),
         "clinician_reports": [p.relative_to(out).as_posix() for p in reports],
+        "explain_index": "explain/index.html" if (explain_dir / "index.html").is_file() else "",
         "dicom_outputs": [p.relative_to(out).as_posix() for p in dicoms],
         "warnings": state.get("warnings", []),
     }
@@ -468,7 +471,10 @@ def _summary(console: Any, out: Path, state: dict[str, Any], seconds: dict[str, 
                 f"[95% CI {_f(a['ci_low'])}–{_f(a['ci_high'])}]"
             )
     loc = state.get("localisation", {})
-    console.print(f"Grad-CAM hit rate: {_pct(loc.get('hit_rate'))} of {loc.get('n', 0)} test positives")
+    console.print(
+        f"Grad-CAM hit rate: {_pct(loc.get('hit_rate'))} of {loc.get('n', 0)} test positives "
+        f"(peak within the lesion + 1 CAM cell; chance {_pct(loc.get('chance_rate'))})"
+    )
     for w in state.get("warnings", []):
         console.print(f"[yellow]warning: {w}[/yellow]")
     console.print(f"[bold]open {out / 'index.html'}[/bold]")

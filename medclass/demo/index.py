@@ -168,12 +168,16 @@ def render_index(doc: Mapping[str, Any]) -> str:
         "test split. Patients never straddle splits.</p>"
     )
     grid = loc.get("grid") or ["?", "?"]
+    tol = loc.get("tolerance_px") or [None, None]
     body.append(
         f"<p><b>Grad-CAM hit rate</b>: fraction of test-split images with an opacity whose Grad-CAM maximum "
         f"(method {_e(loc.get('method', ''))}, layer {_e(loc.get('layer', ''))}, a {_e(grid[0])}×{_e(grid[1])} "
         f"grid at the input), mapped back to the original pixels, lies {_e(loc.get('tolerance_rule', ''))}: "
-        f"<b>{_pct(loc.get('hit_rate'))}</b>. Strictly inside the lesion disc: {_pct(loc.get('strict_rate'))}. "
-        f'Per image: <a href="localisation.json">localisation.json</a>.</p>'
+        f"<b>{_pct(loc.get('hit_rate'))}</b>. One cell is {_num(tol[0], '.0f')}–{_num(tol[1], '.0f')} original "
+        f"pixels here. Stricter: within half a cell {_pct(loc.get('half_cell_rate'))}, inside the lesion disc "
+        f"itself {_pct(loc.get('strict_rate'))}. Chance (a peak drawn uniformly over the image, same rule): "
+        f"{_pct(loc.get('chance_rate'))}. A model trained from scratch for a few minutes localises coarsely; "
+        f'per image: <a href="localisation.json">localisation.json</a>.</p>'
     )
 
     # outputs
@@ -183,6 +187,10 @@ def render_index(doc: Mapping[str, Any]) -> str:
                         ("predictions.csv (val and test)", "evaluation/predictions.csv")]))  # fmt: skip
     reports = list(doc.get("clinician_reports", []))
     body.append("<h3>Clinician reports (Grad-CAM)</h3>")
+    if doc.get("explain_index"):
+        body.append(
+            f'<p><a href="{_href(doc["explain_index"])}">all explained cases (explain/index.html)</a></p>'
+        )
     body.append(_links((r, r) for r in reports))
     dicoms = list(doc.get("dicom_outputs", []))
     body.append("<h3>DICOM outputs (Secondary Capture overlays)</h3>")

@@ -4,8 +4,11 @@ For each image with a recorded lesion (``lesions.json`` of :func:`medclass.synth
 the Grad-CAM map of the positive class is computed at the model input, mapped back onto the original pixel
 grid (:meth:`medclass.preprocess.Geometry.to_original`), and its maximum is compared with the lesion disc.
 A *hit* is a maximum within ``r + tolerance`` original pixels of the lesion centre, where ``tolerance`` is
-half a cell of the target layer's grid in original pixels (the map is only known to that resolution);
-the strict rate (inside the disc itself) is reported as well.
+one cell of the target layer's grid in original pixels (the map is only known to that resolution: its
+peak sits at a cell centre, so a lesion in the neighbouring cell can win it). Reported beside it: the
+strict rate (inside the disc itself), the rate with half a cell, and the *chance* rate, what a peak drawn
+uniformly over the image would score under the same rule (the fraction of the image inside the enlarged
+disc, averaged over the images), so the hit rate can be judged against guessing.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Hit:
     distance: float
     tolerance: float
     probability: float
+    chance: float  # fraction of the image within r + tolerance of the lesion centre
 
     @property
     def inside(self) -> bool:
@@ -47,6 +51,10 @@ class Hit:
     @property
     def hit(self) -> bool:
         return self.distance <= self.lesion_r + self.tolerance
+
+    @property
+    def half_cell(self) -> bool:
+        return self.distance <= self.lesion_r + self.tolerance / 2
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,20 @@ class Localisation:
     def strict_rate(self) -> float:
         return float(np.mean([h.inside for h in self.hits])) if self.hits else math.nan
 
+    @property
+    def half_cell_rate(self) -> float:
+        return float(np.mean([h.half_cell for h in self.hits])) if self.hits else math.nan
+
+    @property
+    def chance_rate(self) -> float:
+        return float(np.mean([h.chance for h in self.hits])) if self.hits else math.nan
+
+    @property
+    def tolerance_px(self) -> tuple[float, float]:
+        """Smallest and largest tolerance (one cell) in original pixels."""
+        t = [h.tolerance for h in self.hits]
+        return (min(t), max(t)) if t else (math.nan, math.nan)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN → None)."""
 
@@ -85,7 +107,12 @@ class Localisation:
             "n": self.n,
             "hit_rate": clean(self.hit_rate),
             "strict_rate": clean(self.strict_rate),
-            "images": [asdict(h) | {"hit": h.hit, "inside": h.inside} for h in self.hits],
+            "half_cell_rate": clean(self.half_cell_rate),
+            "chance_rate": clean(self.chance_rate),
+            "tolerance_px": [clean(t) for t in self.tolerance_px],
+            "images": [
+                asdict(h) | {"hit": h.hit, "inside": h.inside, "half_cell": h.half_cell} for h in self.hits
+            ],
         }
 
 
@@ -166,7 +193,7 @@ def grad_cam_hits(
     return loc
 
 
-_RULE = "peak within r + ½ CAM cell (the target layer's grid step, in original pixels) of the lesion centre"
+_RULE = "within r + 1 CAM cell (the target layer's grid step, in original pixels) of the lesion centre"
 
 
 def _hit(
@@ -177,6 +204,9 @@ def _hit(
     # cell of the layer's grid, in original pixels (the larger of the two axes, to be conservative)
     cell = max(geometry.size / grid[0] / geometry.scale[0], geometry.size / grid[1] / geometry.scale[1])
     x, y, r = float(lesion["x"]), float(lesion["y"]), float(lesion["r"])
+    height, width = original.shape
+    rows, cols = np.ogrid[:height, :width]
+    chance = float(np.mean((cols - x) ** 2 + (rows - y) ** 2 <= (r + cell) ** 2))
     return Hit(
         path=path,
         lesion_x=x,
@@ -185,6 +215,7 @@ def _hit(
         peak_x=float(col),
         peak_y=float(row),
         distance=float(math.hypot(col - x, row - y)),
-        tolerance=float(cell / 2),
+        tolerance=float(cell),
         probability=prob,
+        chance=chance,
     )
