@@ -71,7 +71,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--layer", default="Mixed_7c")
     ap.add_argument("--synthetic", action="store_true", help="random inputs instead of Kermany")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from pytorch_grad_cam import GradCAM
 
