@@ -180,7 +180,7 @@ main{max-width:1100px;margin:0 auto;padding:16px 24px}
 h1{font-size:1.5em;margin:16px 0 4px}h2{font-size:1.2em;margin:24px 0 8px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f4f6}.imgs{display:flex;flex-wrap:wrap;gap:12px}.imgs figure{margin:0;flex:1 1 320px}
-.imgs img{max-width:100%;height:auto;border:1px solid #ccc}figcaption{font-size:.9em;color:#444}
+.imgs img{width:100%;height:auto;border:1px solid #ccc}figcaption{font-size:.9em;color:#444}
 .pos{font-weight:700;color:#b00020}.muted{color:#555;font-size:.92em}
 """
 
