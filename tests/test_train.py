@@ -517,3 +517,12 @@ def test_val_auc_uses_log_odds_so_saturated_probabilities_do_not_tie():
     assert torch.allclose(lo[0], torch.log(p / (1 - p)), atol=1e-5)
     multi = torch.tensor([[100.0], [200.0], [-300.0], [300.0]])
     assert macro_auc(y[:, None], log_odds(multi, "multilabel").numpy(), "multilabel") == pytest.approx(1.0)
+
+
+def test_backbone_lr_scale_defaults_to_full_speed_from_scratch():
+    from medclass.train.config import TrainConfig
+    from medclass.train.setup import backbone_lr_scale
+
+    assert backbone_lr_scale(TrainConfig(manifest="m.csv", out="o")) == 1.0
+    assert backbone_lr_scale(TrainConfig(manifest="m.csv", out="o", weights="w.safetensors")) == 0.1
+    assert backbone_lr_scale(TrainConfig(manifest="m.csv", out="o", backbone_lr_scale=0.3)) == 0.3

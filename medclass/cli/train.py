@@ -95,7 +95,14 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         {"type": float, "help": "linear warmup, then cosine decay per step"},
     ),
     ("--grad-clip", "grad_clip", {"type": float, "help": "max gradient norm; 0 = off"}),
-    ("--backbone-lr-scale", "backbone_lr_scale", {"type": float, "help": "backbone lr = lr × this"}),
+    (
+        "--backbone-lr-scale",
+        "backbone_lr_scale",
+        {
+            "type": float,
+            "help": "full mode: backbone lr = lr × this (default 0.1 with --weights, 1.0 from scratch)",
+        },
+    ),
     (
         "--imbalance",
         "imbalance",

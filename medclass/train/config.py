@@ -69,7 +69,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # cosine schedule ends at lr × this
     grad_clip: float = 2.0  # max global grad norm; 0 = off
-    backbone_lr_scale: float = 0.1  # full mode: backbone lr = lr × this
+    # full mode: backbone lr = lr × this; None = 0.1 with --weights (fine-tuning), 1.0 from scratch
+    backbone_lr_scale: float | None = None
     imbalance: str = "none"  # none | weighted (loss weights) | balanced (WeightedRandomSampler)
     patience: int = 5  # early stopping on val AUC; 0 = off
     seed: int = 0
@@ -118,7 +119,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be ≥ 0, got {value}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 < self.backbone_lr_scale <= 1:
+        if self.backbone_lr_scale is not None and not 0 < self.backbone_lr_scale <= 1:
             raise ConfigError(f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
         if self.partial_blocks < 1:
             raise ConfigError(f"partial_blocks must be ≥ 1, got {self.partial_blocks}")

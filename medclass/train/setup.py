@@ -28,6 +28,14 @@ from medclass.train.runfiles import EpochBar, RunIO
 log = logging.getLogger(__name__)
 
 
+def backbone_lr_scale(config: TrainConfig) -> float:
+    """The backbone's LR factor in full mode: as configured, else 0.1 when fine-tuning local weights and
+    1.0 from scratch (a random backbone must learn as fast as the heads)."""
+    if config.backbone_lr_scale is not None:
+        return config.backbone_lr_scale
+    return 0.1 if config.weights else 1.0
+
+
 @dataclass
 class Prepared:
     config: TrainConfig
@@ -146,7 +154,7 @@ def prepare(config: TrainConfig, ctx: dist_.DistContext, manifest: Any) -> Prepa
         len(manifest.classes), aux_logits=True, image_size=int(spec.size), weights=config.weights
     )
     groups = apply_mode(
-        model, config.mode, partial_blocks=config.partial_blocks, backbone_lr_scale=config.backbone_lr_scale
+        model, config.mode, partial_blocks=config.partial_blocks, backbone_lr_scale=backbone_lr_scale(config)
     )
     if config.aux_weight == 0:
         groups = aux_head_off(model, groups)
