@@ -1,0 +1,3 @@
+from medclass.cli import entry
+
+entry()
