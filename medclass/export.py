@@ -81,7 +81,7 @@ def _onnx_bytes(wrapper: Any, example: Any, opset: int) -> bytes:
     torch.onnx.export(
         wrapper,
         (example,),
-        buf,
+        buf,  # type: ignore[arg-type]  # a file object works (torch's annotation says path only)
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -127,7 +127,7 @@ def export_onnx(
     from medclass.fileio import atomic_write_bytes, atomic_write_text
     from medclass.model import MainLogits
 
-    ckpt = checkpoints.load(checkpoint)
+    ckpt = checkpoints.load(Path(checkpoint))
     meta = ckpt.meta
     size = int((meta.get("input") or {}).get("size") or meta.get("image_size") or 299)
     wrapper = MainLogits(ckpt.model).eval()

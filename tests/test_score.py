@@ -316,3 +316,29 @@ def test_bf16_drift_from_fp32_on_real_images(score_ckpt: Path, kermany: Path, di
     drift = float(np.max(np.abs(fp32 - bf16)))
     print(f"bf16 vs fp32 max |Δprob| on {len(files)} real images at {SIZE} px: {drift:.4f}")
     assert 0 < drift < 0.03
+
+
+class _CrashOn:
+    """A preprocessor that kills its worker process on one file (a codec segfault, say)."""
+
+    def __init__(self, name: str, inner) -> None:
+        self.name, self.inner = name, inner
+
+    def __call__(self, image):
+        import os
+
+        if Path(image.meta.source).name == self.name:
+            os._exit(11)
+        return self.inner(image)
+
+
+def test_a_worker_crash_fails_one_row_not_the_run(inputs: Path) -> None:
+    from medclass.preprocess import Preprocessor, input_spec
+    from medclass.score import decode_stream
+
+    pre = _CrashOn("cxr1.jpeg", Preprocessor(input_spec(image_size=SIZE)))
+    items = [WorkItem(str(inputs / f"cxr{i}.jpeg"), 0) for i in range(3)]
+    out = list(decode_stream(items, pre, workers=1, prefetch=2))
+    assert [Path(d.item.path).name for d in out] == ["cxr0.jpeg", "cxr1.jpeg", "cxr2.jpeg"]
+    assert out[0].array is not None and out[2].array is not None
+    assert out[1].array is None and "crashed the worker process twice" in out[1].error

@@ -130,23 +130,20 @@ def decode_stream(
             item, fut = pending.popleft()
             try:
                 result = fut.result()
-            except BrokenProcessPool:
+            except BrokenProcessPool:  # a worker died: restart the pool, decode what was in flight again
                 crashes[item.key] = crashes.get(item.key, 0) + 1
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = new_pool()
                 retry = [i for i, _ in pending]
                 pending.clear()
-                if crashes[item.key] >= 2:
-                    result = Decoded(
-                        item, None, error=f"{item.path}: decoding crashed the worker process twice"
-                    )
-                else:
+                if crashes[item.key] < 2:
                     retry.insert(0, item)
-                    result = None
                 for i in retry:
                     pending.append((i, pool.submit(_decode_in_worker, i)))
-                if result is None:
+                if crashes[item.key] < 2:
                     continue
+                log.warning("%s: decoding killed the worker process twice; reported as failed", item.path)
+                result = Decoded(item, None, error=f"{item.path}: decoding crashed the worker process twice")
             nxt = next(source, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(_decode_in_worker, nxt)))
@@ -213,7 +210,11 @@ def score_items(
     def flush() -> None:
         nonlocal n_ok
         ok = [d for d in pending if d.array is not None]
-        probs = backend(np.stack([d.array for d in ok])) if ok else np.zeros((0, len(rule.classes)))  # N×C
+        probs = (
+            backend(np.stack([d.array for d in ok if d.array is not None]))
+            if ok
+            else np.zeros((0, len(rule.classes)))
+        )  # N×C
         labels = rule.predict(probs) if ok else []
         by_id = {id(d): (p, lab) for d, p, lab in zip(ok, probs, labels, strict=True)}
         rows = []

@@ -116,7 +116,7 @@ def load_meta(config: ScoreConfig) -> tuple[dict[str, Any], Any]:
 def make_preprocessor(meta: dict[str, Any]) -> Any:
     from medclass.preprocess import InputSpec, Preprocessor
 
-    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()}
+    spec: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()}
     return Preprocessor(
         InputSpec(**spec), window=meta.get("window", "auto"), fit=meta.get("fit", "letterbox")
     )
