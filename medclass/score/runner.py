@@ -123,8 +123,12 @@ def make_preprocessor(meta: dict[str, Any]) -> Any:
 
 
 def _threads(config: ScoreConfig, workers: int, world_size: int) -> int:
-    """Model threads: as given, else the cores left to this rank (workers decode on their own cores
-    while the model runs; on a 2-core machine the one worker shares, measured faster than 1 thread)."""
+    """Model threads: as given, else this rank's cores, less half the decode workers.
+
+    A decode worker sleeps whenever the prefetch window is full, so one worker per core would leave cores
+    idle while the model waits for nothing; giving the model every core (and letting the OS share them
+    with a few workers) keeps both busy. Workers themselves run torch with one thread.
+    """
     if config.threads:
         return int(config.threads)
     cpus = os.cpu_count() or 1
