@@ -104,7 +104,17 @@ def runs(tmp_path_factory) -> dict:
     base = ["-vv", "explain", "--checkpoint", str(stem), "--dicom"]
     deid = root / "deid"
     rc, logs = _run(
-        [*base, str(root / "data"), str(broken), "--out", str(deid), "--sanity-check", "--batch-size", "2"]
+        [
+            *base,
+            str(root / "data"),
+            str(broken),
+            "--out",
+            str(deid),
+            "--sr",
+            "--sanity-check",
+            "--batch-size",
+            "2",
+        ]
     )
     phi = root / "phi"
     rc_phi, logs_phi = _run(
@@ -150,7 +160,11 @@ def test_outputs_per_image_and_study(runs):
     assert doc["errors"][0]["kind"] and "where" not in doc["errors"][0]  # no paths when de-identified
     for row in doc["images"]:
         assert (out / row["overlay_png"]).is_file() and (out / row["report_html"]).is_file()
-        assert (out / row["report_pdf"]).is_file() and (out / row["dicom"]).is_file()
+        assert (
+            (out / row["report_pdf"]).is_file()
+            and (out / row["dicom"]).is_file()
+            and (out / row["sr"]).is_file()
+        )
         assert row["prob:normal"] + row["prob:opacity"] == pytest.approx(1.0, abs=1e-5)
         assert row["faithfulness_metric"] == "road-morf" and np.isfinite(row["faithfulness"])
         assert row["image_id"].startswith("I-") and row["patient"].startswith("P-")
@@ -172,7 +186,7 @@ def test_no_phi_anywhere_when_deidentified(runs):
     assert hits == {}, f"identifiers leaked: {hits}"
     for dcm in runs["deid"].glob("*.dcm"):
         ds = pydicom.dcmread(dcm)
-        assert str(ds.PatientName) == "ANONYMIZED^" and ds.PatientID.startswith("P-")
+        assert str(ds.PatientName) in ("ANONYMIZED^", "ANONYMIZED") and ds.PatientID.startswith("P-")
         assert not ds.get("PatientBirthDate") and not ds.get("AccessionNumber")
         assert ds.PatientIdentityRemoved == "YES"
     ids = {pseudonym(r.patient_id) for r in runs["data"].records}
@@ -199,7 +213,7 @@ def test_dicom_outputs_validate_and_reference_the_source(runs):
     dciodvfy, dcmdump = need("dciodvfy"), need("dcmdump")
     sources = {r.sop_uid: r for r in runs["data"].records}
     for folder in (runs["deid"], runs["phi"]):
-        files = sorted(folder.glob("*.dcm"))
+        files = sorted(folder.glob("*_saliency.dcm"))
         assert len(files) == len(sources)
         for path in files:
             res = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
@@ -217,6 +231,17 @@ def test_dicom_outputs_validate_and_reference_the_source(runs):
             assert ds.PhotometricInterpretation == "RGB" and ds.BitsAllocated == 8 and ds.SamplesPerPixel == 3
             assert (ds.Rows, ds.Columns) == (src.rows, src.cols)  # on the source's pixel grid
             assert ds.pixel_array.shape == (src.rows, src.cols, 3)
+    srs = sorted(runs["deid"].glob("*_scores_sr.dcm"))
+    assert len(srs) == len(sources) and not list(runs["phi"].glob("*_scores_sr.dcm"))
+    for path in srs:
+        res = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+        assert [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")] == []
+        ds = pydicom.dcmread(path)
+        assert ds.Modality == "SR" and ds.StudyInstanceUID in {r.study_uid for r in sources.values()}
+        values = [
+            float(i.MeasuredValueSequence[0].NumericValue) for i in ds.ContentSequence if i.ValueType == "NUM"
+        ]
+        assert len(values) == 2 and sum(values) == pytest.approx(1.0, abs=1e-3)
 
 
 # --- the reports as others open them ---------------------------------------------------------------

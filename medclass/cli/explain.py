@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="class to explain, by name or index (default: the predicted class)")
     parser.add_argument("--dicom", action="store_true", help="also write DICOM Secondary Capture overlays")
     parser.add_argument(
+        "--sr", action="store_true", help="with --dicom: also a Comprehensive SR of the scores"
+    )
+    parser.add_argument(
         "--include-phi", action="store_true", help="put patient name/ID/birth date/accession in outputs"
     )
     parser.add_argument("--opacity", type=float, default=0.4, help="weight of the colour layer (0..1)")
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         layer=args.layer,
         target=target,
         dicom=args.dicom,
+        sr=args.sr and args.dicom,
         include_phi=args.include_phi,
         opacity=args.opacity,
         top_percent=args.top_percent or None,
@@ -148,6 +152,7 @@ class Settings:
     layer: str = "Mixed_7c"
     target: int | None = None
     dicom: bool = False
+    sr: bool = False
     include_phi: bool = False
     opacity: float = 0.4
     top_percent: float | None = 10.0
@@ -307,11 +312,18 @@ class ExplainRun:
             "report_html": f"{study_id}_report.html",
             "report_pdf": f"{study_id}_report.pdf" if self.s.pdf else "",
             "dicom": "",
+            "sr": "",
         }
         if self.s.include_phi:
             row |= {"source": meta.source, "sop_uid": meta.sop_uid, "study_uid": meta.study_uid}
         if self.s.dicom:
             row["dicom"] = self._dicom(rgb, meta, image_id, study)
+        if self.s.sr and meta.format == "dicom":
+            from medclass.explain.dicom_out import scores_sr, write_dataset
+
+            ds = scores_sr(meta, self.classes, [float(p) for p in probs], explained_class=self.classes[target],
+                           method=self.s.method, include_phi=self.s.include_phi)  # fmt: skip
+            row["sr"] = write_dataset(ds, self.out / f"{image_id}_scores_sr.dcm").name
         from medclass.explain import FAITHFULNESS_METRICS
 
         meaning = FAITHFULNESS_METRICS[self.s.faithfulness].meaning if self.s.faithfulness else ""

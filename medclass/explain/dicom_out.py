@@ -144,3 +144,83 @@ def write_dataset(ds: Dataset, path: str | Path) -> Path:
         ds.save_as(fh, enforce_file_format=True)
     log.debug("wrote %s", path.name)
     return path
+
+
+_SCHEME = "99MEDCLASS"  # private coding scheme (PS3.16 "99" prefix): no standard code fits these items
+
+
+def _concept(value: str, meaning: str):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value, _SCHEME, meaning)
+
+
+def scores_sr(
+    meta: ImageMeta,
+    classes: list[str] | tuple[str, ...],
+    probabilities: list[float] | tuple[float, ...],
+    *,
+    explained_class: str,
+    method: str,
+    include_phi: bool = False,
+    source: Dataset | None = None,
+    series_uid: str | None = None,
+    instance_number: int = 1,
+) -> Dataset:
+    """A Comprehensive SR of the class probabilities of one source image (referenced as evidence).
+
+    The items use a private coding scheme (``99MEDCLASS``): this is a plain record of the scores, not a
+    TID 1500 measurement report. Patient attributes follow the same de-identification as
+    :func:`secondary_capture`. Raises :class:`InputError` for a non-DICOM source.
+    """
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+
+    src = read_source_header(meta) if source is None else source
+    items = [
+        hd.sr.TextContentItem(
+            name=CodedConcept("121071", "DCM", "Finding"),
+            value=f"medclass classifier scores; saliency by {method} for {explained_class}. Not for diagnostic use."[
+                :1024
+            ],
+            relationship_type="CONTAINS",
+        )
+    ]
+    for name, p in zip(classes, probabilities, strict=True):
+        items.append(
+            hd.sr.NumContentItem(
+                name=_concept(f"p:{name}"[:16], f"Probability of {name}"[:64]),
+                value=float(p),
+                unit=CodedConcept("1", "UCUM", "no units"),
+                relationship_type="CONTAINS",
+            )
+        )
+    root = hd.sr.ContainerContentItem(name=_concept("report", "medclass classification scores"))
+    root.ContentSequence = items
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[src],
+        content=root,
+        series_instance_uid=series_uid or generate_uid(),
+        series_number=SERIES_NUMBER + 1,
+        sop_instance_uid=generate_uid(),
+        instance_number=instance_number,
+        manufacturer="medclass",
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=f"medclass scores ({method}) — not for diagnostic use"[:64],
+    )
+    sr.SpecificCharacterSet = "ISO_IR 192"
+    if not include_phi:
+        sr.PatientName = ANONYMIZED
+        sr.PatientID = pseudonym(meta.patient_id) or "ANONYMIZED"
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate", "StudyTime", "StudyID",
+                        "ReferringPhysicianName"):  # fmt: skip
+            if keyword in sr:
+                setattr(sr, keyword, None)
+        for keyword in ("OtherPatientIDs", "OtherPatientNames", "PatientAge", "PatientAddress"):
+            if keyword in sr:
+                delattr(sr, keyword)
+        sr.PatientIdentityRemoved = "YES"
+        sr.DeidentificationMethod = "medclass: names, dates, IDs removed; UIDs kept"
+    return sr
