@@ -3,7 +3,10 @@
 A checkpoint is two files beside each other: ``<stem>.safetensors`` (the model's state dict) and
 ``<stem>.json`` (the sidecar: what the model is, what it was trained on, and the sha256 and size of the
 weights file). Both are written atomically, the JSON last, so a checkpoint only counts once its sidecar
-exists. :func:`load` never unpickles and refuses a file whose checksum does not match.
+exists. Replacing a checkpoint first keeps the current, verified pair as ``<stem>.prev.*`` (hard links) until
+the new pair is complete, so a crash between the two renames still leaves a loadable checkpoint: the
+previous one, which :func:`load` falls back to with a warning. :func:`load` never unpickles and refuses a
+file whose checksum does not match.
 
 For an exact resume, :func:`save_training_state` writes the optimizer, scheduler, grad scaler and RNG
 states as ``<stem>.state.safetensors`` (tensors) + ``<stem>.state.json`` (everything else).
@@ -15,7 +18,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,9 +145,7 @@ def save(stem: Path | str, model: nn.Module, meta: dict[str, Any]) -> Path:
         text = json.dumps(sidecar, indent=2, default=_jsonable) + "\n"
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"meta cannot be written as JSON ({exc})", stem) from exc
-    atomic_write_bytes(_with_suffix(stem, ".safetensors"), data)
-    json_path = _with_suffix(stem, ".json")
-    atomic_write_text(json_path, text)
+    json_path = _commit_pair(stem, "", data, text)
     log.info("saved checkpoint %s (%d classes, %.1f MB)", json_path, num_classes, len(data) / 1e6)
     return json_path
 
@@ -194,6 +197,60 @@ def _verified_bytes(st_path: Path, meta: dict[str, Any]) -> bytes:
     return data
 
 
+# --- the pair (weights + sidecar) as one unit ------------------------------------------------------------
+def _pair(stem: Path, kind: str) -> tuple[Path, Path]:
+    return _with_suffix(stem, f"{kind}.safetensors"), _with_suffix(stem, f"{kind}.json")
+
+
+def _pair_is_consistent(weights: Path, sidecar: Path) -> bool:
+    try:
+        doc = json.loads(sidecar.read_text(encoding="utf-8"))
+        return isinstance(doc, dict) and hashlib.sha256(weights.read_bytes()).hexdigest() == doc.get("sha256")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def _commit_pair(stem: Path, kind: str, data: bytes, text: str) -> Path:
+    """Replace ``<stem><kind>.safetensors`` + ``.json`` so that a crash at any moment leaves a loadable pair.
+
+    The current pair, if consistent, is first hard-linked to ``<stem><kind>.prev.*``; the weights then the
+    sidecar are replaced atomically; the backup is removed once both are in place. Returns the sidecar path.
+    """
+    weights, sidecar = _pair(stem, kind)
+    prev_w, prev_j = _pair(stem, f"{kind}.prev")
+    if weights.is_file() and sidecar.is_file() and _pair_is_consistent(weights, sidecar):
+        for src, dst in ((weights, prev_w), (sidecar, prev_j)):
+            tmp = dst.with_name(dst.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:  # file systems without hard links
+                shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+    atomic_write_bytes(weights, data)
+    atomic_write_text(sidecar, text)
+    prev_j.unlink(missing_ok=True)
+    prev_w.unlink(missing_ok=True)
+    return sidecar
+
+
+def _read_pair(stem: Path, kind: str, read_sidecar: Any) -> tuple[dict[str, Any], bytes, Path]:
+    """The verified ``(sidecar, weights bytes, weights path)`` of a pair, falling back to the ``.prev`` pair
+    an interrupted save left behind. Raises :class:`CheckpointError` when neither verifies."""
+    weights, sidecar = _pair(stem, kind)
+    meta = read_sidecar(sidecar)
+    try:
+        return meta, _verified_bytes(weights, meta), weights
+    except CheckpointError as exc:
+        prev_w, prev_j = _pair(stem, f"{kind}.prev")
+        if not (prev_w.is_file() and prev_j.is_file()):
+            raise
+        prev_meta = read_sidecar(prev_j)
+        data = _verified_bytes(prev_w, prev_meta)
+        log.warning("%s (an interrupted save); loading the previous checkpoint %s instead", exc, prev_j)
+        return prev_meta, data, prev_w
+
+
 def read_state_dict(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The verified state dict and sidecar of a checkpoint (stem, ``.json`` or ``.safetensors`` path).
 
@@ -202,9 +259,7 @@ def read_state_dict(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
     or an unreadable safetensors file.
     """
     stem = stem_of(path)
-    meta = _read_sidecar(_with_suffix(stem, ".json"))
-    st_path = _with_suffix(stem, ".safetensors")
-    data = _verified_bytes(st_path, meta)
+    meta, data, st_path = _read_pair(stem, "", _read_sidecar)
     try:
         state = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -342,10 +397,20 @@ def save_training_state(
     data = st_save(tensors, metadata={"format": "pt"})
     doc["sha256"] = hashlib.sha256(data).hexdigest()
     doc["size"] = len(data)
-    atomic_write_bytes(_with_suffix(stem, ".state.safetensors"), data)
-    json_path = _with_suffix(stem, ".state.json")
-    atomic_write_text(json_path, json.dumps(doc) + "\n")
-    return json_path
+    return _commit_pair(stem, ".state", data, json.dumps(doc) + "\n")
+
+
+def _read_state_doc(json_path: Path) -> dict[str, Any]:
+    if not json_path.is_file():
+        raise CheckpointError("training state .state.json is missing; cannot resume", json_path)
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"training state is not valid JSON ({exc})", json_path) from exc
+    if not isinstance(doc, dict) or doc.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
+        version = doc.get("format_version") if isinstance(doc, dict) else None
+        raise CheckpointError(f"unknown format_version {version!r}", json_path)
+    return doc
 
 
 def load_training_state(
@@ -362,18 +427,9 @@ def load_training_state(
     files are missing, corrupt, tampered with, or do not fit the optimizer handed in.
     """
     stem = _state_stem(stem)
-    json_path = _with_suffix(stem, ".state.json")
-    if not json_path.is_file():
-        raise CheckpointError("training state .state.json is missing; cannot resume", json_path)
+    doc, data, st_path = _read_pair(stem, ".state", _read_state_doc)
     try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"training state is not valid JSON ({exc})", json_path) from exc
-    if doc.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
-        raise CheckpointError(f"unknown format_version {doc.get('format_version')!r}", json_path)
-    st_path = _with_suffix(stem, ".state.safetensors")
-    try:
-        tensors = st_load(_verified_bytes(st_path, doc))
+        tensors = st_load(data)
         optimizer.load_state_dict(_decode(doc["optimizer"], tensors))
         if scheduler is not None and doc.get("scheduler") is not None:
             scheduler.load_state_dict(_decode(doc["scheduler"], tensors))
