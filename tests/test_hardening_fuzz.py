@@ -168,6 +168,7 @@ def test_worker_detects_crash_and_hang(tmp_path, monkeypatch):
         os.kill(w.proc.pid, signal.SIGSTOP)  # silent: looks hung
         assert w.run(f).outcome == "hang"
         assert w.run(f).outcome == "ok"  # restarted
+        w.hard_timeout = 60  # a loaded machine: the abort below must be seen as a crash, not a hang
         res = w.run(tmp_path / "__abort__")  # the worker's test hook calls os.abort() mid-case, like gdcm
         assert (res.outcome, res.kind) == ("crash", "SIGABRT"), res
         assert w.run(f).outcome == "ok"

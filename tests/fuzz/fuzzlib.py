@@ -622,13 +622,15 @@ class Worker:
             pass
         line = self._readline(proc, self.hard_timeout)
         if line is None:
-            if proc.poll() is None:  # alive but silent: hung in native code that ignores SIGALRM
+            try:  # EOF on stdout means the worker is dying: give it a moment to be reaped
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # alive but silent: hung in native code that ignores SIGALRM
                 proc.kill()
                 proc.wait()
                 self.proc = None
                 self.restarts += 1
                 return Result("hang", "hard-timeout", f"no answer within {self.hard_timeout}s")
-            rc = proc.wait()
+            rc = proc.returncode
             self.proc = None
             self.restarts += 1
             name = signal.Signals(-rc).name if rc < 0 else f"exit {rc}"

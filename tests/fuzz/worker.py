@@ -44,6 +44,7 @@ def _check(images) -> tuple[str, str, list]:
 
 
 def main() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a native abort must not spend seconds dumping core
     limit = int(os.environ.get("FUZZ_AS_LIMIT", "0"))
     if limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
