@@ -27,6 +27,7 @@ from medclass.report.clinician import (
     ImageSection,
     ModelCard,
     OperatingPoint,
+    merge_evaluation,
     operating_points_from_meta,
     render_html,
     threshold_text,
@@ -337,3 +338,21 @@ def test_operating_points_from_meta_formats():
         {"operating_point": {"a": 0.2, "b": 0.7}, "metrics": {"b": {"sensitivity": 0.5, "specificity": 0.6}}}
     )
     assert per_class == [OperatingPoint("a", 0.2), OperatingPoint("b", 0.7, 0.5, 0.6)]
+
+
+def test_operating_points_from_an_evaluate_metrics_file():
+    doc = {
+        "levels": {
+            "image": {
+                "n_test": 624,
+                "classes": {
+                    "pneumonia": {
+                        "operating_point": {"threshold": 0.61, "sensitivity": 0.93, "specificity": 0.8}
+                    }
+                },
+            }
+        }
+    }
+    ops = operating_points_from_meta(merge_evaluation({"classes": ["normal", "pneumonia"]}, doc))
+    assert ops == [OperatingPoint("pneumonia", 0.61, 0.93, 0.8, "the evaluation test split (624 images)")]
+    assert merge_evaluation({"a": 1}, None) == {"a": 1}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,7 +196,7 @@ class ExplainRun:
     ) -> None:
         from medclass.explain import Overlay, layer_grid
         from medclass.preprocess import InputSpec, Preprocessor
-        from medclass.report.clinician import ModelCard, operating_points_from_meta
+        from medclass.report.clinician import ModelCard, merge_evaluation, operating_points_from_meta
 
         self.ckpt, self.explainer, self.s, self.out = ckpt, explainer, settings, Path(out)
         meta = ckpt.meta
@@ -208,7 +207,7 @@ class ExplainRun:
         self.size = spec.size
         self.grid = layer_grid(ckpt.model, settings.layer, spec.size)
         self.overlay = Overlay(settings.colormap, settings.opacity, settings.top_percent)
-        self.operating_points = operating_points_from_meta(_merge_metrics(meta, metrics_doc))
+        self.operating_points = operating_points_from_meta(merge_evaluation(meta, metrics_doc))
         manifest = meta.get("manifest") or meta.get("manifest_name") or "manifest"
         sha = meta.get("manifest_sha256")
         self.card = ModelCard(
@@ -383,7 +382,7 @@ class ExplainRun:
         import json
 
         from medclass.fileio import atomic_write_text, write_csv
-        from medclass.report.clinician import ClinicianReport, render_html
+        from medclass.report.clinician import ClinicianReport, render_html, render_index
         from medclass.report.clinician_pdf import write_pdf
 
         self._flush()
@@ -423,31 +422,13 @@ class ExplainRun:
         )
         fields = list(dict.fromkeys(k for r in self.rows for k in r)) or ["image_id"]
         write_csv(self.out / "explanations.csv", self.rows, fields)
-        atomic_write_text(self.out / "index.html", _index_html(self.rows, errors, self.s))
+        atomic_write_text(
+            self.out / "index.html", render_index(self.rows, errors, self.s.method, self.s.layer)
+        )
 
 
 def _nan_none(value: Any) -> Any:
     return None
-
-
-def _merge_metrics(meta: dict[str, Any], doc: Any) -> dict[str, Any]:
-    """The checkpoint's meta, with operating points from an evaluate ``metrics.json`` when given."""
-    if not isinstance(doc, dict):
-        return meta
-    levels = doc.get("levels") or {}
-    block = levels.get("image") or next(iter(levels.values()), None) if isinstance(levels, dict) else None
-    if not isinstance(block, dict):
-        return meta
-    ops = {}
-    for name, c in (block.get("classes") or {}).items():
-        op = c.get("operating_point") if isinstance(c, dict) else None
-        if isinstance(op, dict) and isinstance(op.get("threshold"), int | float):
-            n = block.get("n_test")
-            ops[name] = {
-                **op,
-                "source": f"the evaluation test split ({n} images)" if n else "the evaluation test split",
-            }
-    return {**meta, "operating_point": ops} if ops else meta
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -464,25 +445,3 @@ def _software() -> str:
 
 def _where(meta: Any) -> str:
     return meta.source + (f" (frame {meta.index})" if meta.n_frames > 1 else "")
-
-
-def _index_html(rows: list[dict[str, Any]], errors: list[dict[str, str]], s: Settings) -> str:
-    from html import escape
-
-    e: Callable[[Any], str] = lambda v: escape(str(v), quote=True)  # noqa: E731
-    body = "".join(
-        f"<tr><td>{e(r['study_id'])}</td><td>{e(r['image_id'])}</td><td>{e(r['explained_class'])}</td>"
-        f"<td><a href='{e(r['overlay_png'])}'>overlay</a></td><td><a href='{e(r['report_html'])}'>HTML</a>"
-        + (f" · <a href='{e(r['report_pdf'])}'>PDF</a>" if r["report_pdf"] else "")
-        + "</td></tr>"
-        for r in rows
-    )
-    errs = "".join(f"<li>{e(x.get('source_id', ''))}: {e(x['kind'])}: {e(x['message'])}</li>" for x in errors)
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medclass saliency index</title>"
-        "</head><body><p><b>Not for diagnostic use.</b></p>"
-        f"<h1>Saliency maps ({e(s.method)} at {e(s.layer)})</h1><table border='1'><tr><th>Study</th>"
-        f"<th>Image</th><th>Explained class</th><th>Overlay</th><th>Report</th></tr>{body}</table>"
-        + (f"<h2>Failed</h2><ul>{errs}</ul>" if errs else "")
-        + "</body></html>\n"
-    )

@@ -264,3 +264,46 @@ def render_html(report: ClinicianReport) -> str:
         f"<div class='warn'>{_e(NOT_FOR_DIAGNOSIS)}</div>"
         "</main></body></html>\n"
     )
+
+
+def merge_evaluation(meta: Mapping[str, Any], doc: Any) -> Mapping[str, Any]:
+    """The checkpoint's meta, with operating points from an evaluate ``metrics.json`` when given."""
+    if not isinstance(doc, dict):
+        return meta
+    levels = doc.get("levels") or {}
+    block = levels.get("image") or next(iter(levels.values()), None) if isinstance(levels, dict) else None
+    if not isinstance(block, dict):
+        return meta
+    ops = {}
+    for name, c in (block.get("classes") or {}).items():
+        op = c.get("operating_point") if isinstance(c, dict) else None
+        if isinstance(op, dict) and isinstance(op.get("threshold"), int | float):
+            n = block.get("n_test")
+            ops[name] = {
+                **op,
+                "source": f"the evaluation test split ({n} images)" if n else "the evaluation test split",
+            }
+    return {**meta, "operating_point": ops} if ops else meta
+
+
+def render_index(
+    rows: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, str]], method: str, layer: str
+) -> str:
+    """OUT/index.html of ``medclass explain``: one row per explained image, then the failures."""
+    e = _e
+    body = "".join(
+        f"<tr><td>{e(r['study_id'])}</td><td>{e(r['image_id'])}</td><td>{e(r['explained_class'])}</td>"
+        f"<td><a href='{e(r['overlay_png'])}'>overlay</a></td><td><a href='{e(r['report_html'])}'>HTML</a>"
+        + (f" · <a href='{e(r['report_pdf'])}'>PDF</a>" if r["report_pdf"] else "")
+        + "</td></tr>"
+        for r in rows
+    )
+    errs = "".join(f"<li>{e(x.get('source_id', ''))}: {e(x['kind'])}: {e(x['message'])}</li>" for x in errors)
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medclass saliency index</title>"
+        "</head><body><p><b>Not for diagnostic use.</b></p>"
+        f"<h1>Saliency maps ({e(method)} at {e(layer)})</h1><table border='1'><tr><th>Study</th>"
+        f"<th>Image</th><th>Explained class</th><th>Overlay</th><th>Report</th></tr>{body}</table>"
+        + (f"<h2>Failed</h2><ul>{errs}</ul>" if errs else "")
+        + "</body></html>\n"
+    )
