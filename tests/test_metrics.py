@@ -393,3 +393,17 @@ def test_properties_against_sklearn_with_heavy_ties(cases):
             assert op.sensitivity >= 0.8
         if rule == "spec:0.8":
             assert op.specificity >= 0.8
+
+
+def test_accuracy_has_a_wilson_ci_at_the_operating_point_and_for_argmax():
+    from medclass.metrics.operating import argmax_summary, operating_point, wilson_ci
+
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 0, 1, 0])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.2, 0.9, 0.6, 0.55, 0.05])
+    op = operating_point(y, s, 0.5)
+    correct = int(np.sum((s >= 0.5) == y))
+    assert op.accuracy == correct / len(y)
+    assert op.accuracy_ci == wilson_ci(correct, len(y))
+    assert op.accuracy_ci[0] < op.accuracy < op.accuracy_ci[1]
+    summary = argmax_summary(y, np.stack([1 - s, s], axis=1), ["a", "b"])
+    assert summary.accuracy == op.accuracy and summary.accuracy_ci == op.accuracy_ci

@@ -122,7 +122,13 @@ def _print_summary(metrics: dict[str, Any]) -> None:
             print(
                 f"  {name}: AUC {f(c['auc'])} [{f(c['auc_ci_low'])}, {f(c['auc_ci_high'])}] "
                 f"(DeLong [{f(c['auc_delong_ci_low'])}, {f(c['auc_delong_ci_high'])}]); "
-                f"threshold {f(op['threshold'])}: sensitivity {f(op['sensitivity'])}, specificity {f(op['specificity'])}"
+                f"threshold {f(op['threshold'])}: sensitivity {f(op['sensitivity'])}, specificity {f(op['specificity'])}, "
+                f"accuracy {f(op['accuracy'])} [{f(op['accuracy_ci_low'])}, {f(op['accuracy_ci_high'])}]"
+            )
+        mc = block.get("multiclass")
+        if mc:
+            print(
+                f"  arg-max accuracy {f(mc['accuracy'])} [{f(mc['accuracy_ci_low'])}, {f(mc['accuracy_ci_high'])}]"
             )
         m = block["macro"]
         if len(block["classes"]) > 1:

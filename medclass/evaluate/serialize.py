@@ -71,12 +71,11 @@ def _auc(a: AUCResult) -> dict[str, Any]:
 
 def _op(op: OperatingPoint) -> dict[str, Any]:
     out: dict[str, Any] = {"threshold": _num(op.threshold), "n": op.n}
-    for name in ("sensitivity", "specificity", "ppv", "npv"):
+    for name in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
         lo, hi = getattr(op, f"{name}_ci")
         out |= {name: _num(getattr(op, name)), f"{name}_ci_low": _num(lo), f"{name}_ci_high": _num(hi)}
     out |= {
         "f1": _num(op.f1),
-        "accuracy": _num(op.accuracy),
         "tp": op.tp,
         "fp": op.fp,
         "tn": op.tn,
@@ -165,6 +164,8 @@ def _level(lv: LevelResult, rule: str, description: str) -> dict[str, Any]:
     if lv.multiclass is not None:
         out["multiclass"] = {
             "accuracy": _num(lv.multiclass.accuracy),
+            "accuracy_ci_low": _num(lv.multiclass.accuracy_ci[0]),
+            "accuracy_ci_high": _num(lv.multiclass.accuracy_ci[1]),
             "confusion_matrix": [list(r) for r in lv.multiclass.confusion],
             "classes": list(lv.multiclass.classes),
         }

@@ -159,6 +159,7 @@ class OperatingPoint:
     specificity_ci: tuple[float, float]
     ppv_ci: tuple[float, float]
     npv_ci: tuple[float, float]
+    accuracy_ci: tuple[float, float] = (math.nan, math.nan)
 
     @property
     def confusion(self) -> list[list[int]]:
@@ -178,7 +179,7 @@ def operating_point(
     if math.isnan(threshold):
         nan, nan2 = math.nan, (math.nan, math.nan)
         return OperatingPoint(
-            threshold, len(y), 0, 0, 0, 0, nan, nan, nan, nan, nan, nan, nan2, nan2, nan2, nan2
+            threshold, len(y), 0, 0, 0, 0, nan, nan, nan, nan, nan, nan, nan2, nan2, nan2, nan2, nan2
         )
     pred = (s >= threshold).astype(int)
     (tn, fp), (fn, tp) = confusion_matrix(y, pred, labels=[0, 1]).tolist()
@@ -204,6 +205,7 @@ def operating_point(
         specificity_ci=wilson_ci(tn, tn + fp, alpha),
         ppv_ci=wilson_ci(tp, tp + fp, alpha),
         npv_ci=wilson_ci(tn, tn + fn, alpha),
+        accuracy_ci=wilson_ci(tp + tn, len(y), alpha),
     )
 
 
@@ -247,6 +249,7 @@ class MulticlassSummary:
     accuracy: float
     confusion: tuple[tuple[int, ...], ...]  # rows: true class, columns: predicted class
     classes: tuple[str, ...]
+    accuracy_ci: tuple[float, float] = (math.nan, math.nan)  # Wilson, 95%
 
 
 def argmax_summary(
@@ -261,6 +264,10 @@ def argmax_summary(
     binary_inputs(np.zeros(len(y), dtype=int), s.max(axis=1) if s.size else np.array([]))
     pred = s.argmax(axis=1)
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
+    correct = int(np.sum(pred == y))
     return MulticlassSummary(
-        float(np.mean(pred == y)), tuple(tuple(int(v) for v in r) for r in cm), tuple(classes)
+        correct / len(y),
+        tuple(tuple(int(v) for v in r) for r in cm),
+        tuple(classes),
+        accuracy_ci=wilson_ci(correct, len(y)),
     )
