@@ -66,7 +66,7 @@ def _reseal(stem: Path) -> None:
 
 @contextlib.contextmanager
 def time_limit(seconds: int):
-    def boom(signum, frame):  # noqa: ARG001
+    def boom(signum, frame):
         raise TimeoutError(f"load took over {seconds}s (blocked on a special file?)")
 
     old = signal.signal(signal.SIGALRM, boom)
@@ -98,12 +98,34 @@ def _st(header: dict, payload: bytes = b"", header_len: int | None = None) -> by
     "name,blob",
     [
         ("huge-header-length", _st({}, header_len=2**63)),
-        ("header-longer-than-file", _st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, header_len=10**6)),
-        ("offsets-out-of-range", _st({"fc.weight": {"dtype": "F32", "shape": [2, 2048], "data_offsets": [0, 16384]}}, b"\0" * 16)),
-        ("shape-overflow", _st({"fc.weight": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 16]}}, b"\0" * 16)),
-        ("overlapping", _st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
-                             "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, b"\0" * 24)),
-        ("bad-dtype", _st({"fc.weight": {"dtype": "PICKLE", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)),
+        (
+            "header-longer-than-file",
+            _st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, header_len=10**6),
+        ),
+        (
+            "offsets-out-of-range",
+            _st({"fc.weight": {"dtype": "F32", "shape": [2, 2048], "data_offsets": [0, 16384]}}, b"\0" * 16),
+        ),
+        (
+            "shape-overflow",
+            _st(
+                {"fc.weight": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 16]}}, b"\0" * 16
+            ),
+        ),
+        (
+            "overlapping",
+            _st(
+                {
+                    "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                    "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+                },
+                b"\0" * 24,
+            ),
+        ),
+        (
+            "bad-dtype",
+            _st({"fc.weight": {"dtype": "PICKLE", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+        ),
         ("not-json-header", struct.pack("<Q", 8) + b"\x80\x04K\x01." + b"\0" * 3),
         ("empty-tensors", _st({})),
         ("only-8-bytes", struct.pack("<Q", 0)),
@@ -159,7 +181,7 @@ def test_tampered_sidecar_fields_are_refused_cleanly(good, tmp_path, field, valu
     except CheckpointError as exc:
         assert "\n" not in str(exc)
         return
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.xfail(
             f"gap: sidecar {field}={value!r} gives {type(exc).__name__}: {str(exc)[:120]} instead of a "
             "CheckpointError: medclass/checkpoint.py _read_sidecar should validate field types "
@@ -206,7 +228,9 @@ def test_swapped_classes_in_sidecar(good, tmp_path):
     except CheckpointError:
         return  # detected
     assert ck.classes == ["pneumonia", "normal"]
-    pytest.xfail("gap (by design today): an edited sidecar (classes swapped) loads; see docstring for the fix")
+    pytest.xfail(
+        "gap (by design today): an edited sidecar (classes swapped) loads; see docstring for the fix"
+    )
 
 
 def test_huge_sidecar_not_read_whole(good, tmp_path, monkeypatch):

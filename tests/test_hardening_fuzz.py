@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
-import fuzzlib as F  # noqa: E402
+import fuzzlib as F
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,9 @@ def worker():
     print(f"[hardening-fuzz] worker restarts: {w.restarts}")
 
 
-def _run(worker, tmp_path: Path, seed: F.Seed, names: list[str], rng_seed: int, *, noext: bool = False) -> F.Result:
+def _run(
+    worker, tmp_path: Path, seed: F.Seed, names: list[str], rng_seed: int, *, noext: bool = False
+) -> F.Result:
     data = F.mutate(seed, names, rng_seed)
     name = "case" if noext else f"case_{seed.name}"
     f = tmp_path / name
@@ -180,12 +182,11 @@ def test_error_messages_carry_no_control_characters(tmp_path):
     """Header bytes echoed in a message must not carry newlines or terminal escapes (ESC [ ...)."""
     import re
 
+    import pydicom
     from pydicom.data import get_testdata_file
 
     from medclass import ingest
     from medclass.errors import MedclassError
-
-    import pydicom
 
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
     ds.SOPClassUID = "1.2.3\n\x1b[31mRED\x1b[0m"

@@ -16,6 +16,7 @@ Run with ``-s`` to see the kill counts.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -78,7 +79,9 @@ def _pngs(folder: Path, n: int) -> None:
     for i in range(n):
         d = folder / ("a" if i % 2 else "b")
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(d / f"p{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(
+            d / f"p{i}.png"
+        )
 
 
 # --- manifest build -------------------------------------------------------------------------------------
@@ -88,7 +91,17 @@ def test_kill_manifest_build(tmp_path):
     data = tmp_path / "data"
     _pngs(data, 80)
     out = tmp_path / "m.csv"
-    base = [sys.executable, "-m", "medclass", "manifest", "build", "--from-folders", str(data), "--out", str(out)]
+    base = [
+        sys.executable,
+        "-m",
+        "medclass",
+        "manifest",
+        "build",
+        "--from-folders",
+        str(data),
+        "--out",
+        str(out),
+    ]
     t = _timed([*base, "--seed", "0"], tmp_path)
     versions = {out.read_bytes()}
     for i in range(5):
@@ -152,10 +165,8 @@ def test_kill_checkpoint_save_loop(tmp_path):
     digests: set[str] = set()
     while len(digests) < 2 and time.time() < deadline:
         time.sleep(0.05)
-        try:
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
             digests.add(json.loads(j.read_text())["sha256"])
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
     save_time = max(0.05, (time.perf_counter() - t0) / 2)
     proc.kill()
     proc.wait()
@@ -260,7 +271,9 @@ def test_kill_evaluate_predictions(tmp_path):
     t = _timed([*base, "--bootstrap", "200", "--seed", "0"], tmp_path)
     _check_report_folder(out)
     for i in range(4):
-        finished = _run_and_kill([*base, "--bootstrap", "200", "--seed", str(i + 1)], RNG.uniform(0.5 * t, 1.1 * t), tmp_path)
+        finished = _run_and_kill(
+            [*base, "--bootstrap", "200", "--seed", str(i + 1)], RNG.uniform(0.5 * t, 1.1 * t), tmp_path
+        )
         _tally(finished)
         _check_report_folder(out)
         metrics = json.loads((out / "metrics.json").read_text())
@@ -298,7 +311,9 @@ def test_kill_score_then_resume_exactly_once(tmp_path):
             lines = out.read_bytes().split(b"\n")
             # complete rows, plus at most one torn last line (no trailing newline)
             assert all(line.count(b",") >= 2 for line in lines[:-1] if line)
-        r = subprocess.run([*base, "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [*base, "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         rows = list(csv.DictReader(out.open()))
         keys = [(r["path"], r.get("frame", "")) for r in rows]
@@ -309,7 +324,9 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     from medclass.fileio import atomic_write_text
 
     target = tmp_path / "x.json"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".x.json.{dead_pid}.abcd.tmp"
     stale.write_text("{half")

@@ -85,7 +85,9 @@ def test_resolve_refuses_escaping_paths(tree, kind):
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink-file", "symlink-dir"])
 def test_check_manifest_lists_the_escape(tree, kind):
     root, rows, secret = tree
-    rep = check_manifest(load_manifest(_manifest(root, rows, _bad_path(kind, secret)), root), hash_content=False)
+    rep = check_manifest(
+        load_manifest(_manifest(root, rows, _bad_path(kind, secret)), root), hash_content=False
+    )
     assert not rep.ok
     assert any("data root" in str(p) for p in rep.problems), [str(p) for p in rep.problems]
 
@@ -107,7 +109,7 @@ def test_symlink_inside_root_is_fine(tree):
 
 
 def test_data_root_from_env_also_guarded(tree, monkeypatch):
-    root, rows, secret = tree
+    root, rows, _secret = tree
     m_path = _manifest(root, rows, "../outside/secret.png")
     monkeypatch.setenv("MEDCLASS_DATA_ROOT", str(root))
     m = load_manifest(m_path)
@@ -117,11 +119,13 @@ def test_data_root_from_env_also_guarded(tree, monkeypatch):
 
 def test_manifest_build_refuses_label_rows_outside_data_root(tree, tmp_path, capsys):
     """``manifest build --labels-csv``: a row naming a file outside --data-root is refused."""
-    root, _rows, secret = tree
+    root, _rows, _secret = tree
     labels = root / "labels.csv"
     labels.write_text("path,label,patient_id\na/img1.png,a,p1\nb/img0.png,b,p0\n../outside/secret.png,a,p9\n")
     out = tmp_path / "built.csv"
-    code = main(["manifest", "build", "--labels-csv", str(labels), "--data-root", str(root), "--out", str(out)])
+    code = main(
+        ["manifest", "build", "--labels-csv", str(labels), "--data-root", str(root), "--out", str(out)]
+    )
     assert code == 1
     assert "outside the data root" in capsys.readouterr().err
     assert not out.exists()
@@ -225,8 +229,8 @@ def test_no_cli_flag_to_allow_outside_root_documented():
 
     helptext = []
     parser = build_parser()
-    for action in parser._subparsers._group_actions:  # noqa: SLF001
-        for name, sub in action.choices.items():
+    for action in parser._subparsers._group_actions:
+        for _name, sub in action.choices.items():
             helptext.append(sub.format_help())
     joined = "\n".join(helptext)
     assert ("--allow-outside-root" in joined) or os.environ.get("MEDCLASS_ALLOW_OUTSIDE_ROOT") is None

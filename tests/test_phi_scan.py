@@ -14,6 +14,7 @@ can fail).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import shutil
 import subprocess
@@ -31,8 +32,16 @@ PHI = {"PatientName": "ZZPHINAME^ZZ", "PatientID": "ZZPHIID", "PatientBirthDate"
 MARKERS = {
     "name": [b"ZZPHINAME", b"ZZPHINAME^ZZ", b"ZZ ZZPHINAME", b"zzphiname"],
     "id": [b"ZZPHIID", b"zzphiid"],
-    "birth": [b"19010101", b"1901-01-01", b"01/01/1901", b"1901/01/01", b"01.01.1901", b"Jan 1, 1901",
-              b"1 January 1901", b"January 1, 1901"],
+    "birth": [
+        b"19010101",
+        b"1901-01-01",
+        b"01/01/1901",
+        b"1901/01/01",
+        b"01.01.1901",
+        b"Jan 1, 1901",
+        b"1 January 1901",
+        b"January 1, 1901",
+    ],
     "accession": [b"ZZPHIACC", b"zzphiacc"],
 }
 
@@ -82,10 +91,8 @@ def _pdf_streams(data: bytes) -> bytes:
 
     out = []
     for m in re.finditer(rb"stream\r?\n(.*?)endstream", data, re.S):
-        try:
+        with contextlib.suppress(zlib.error):
             out.append(zlib.decompress(m.group(1)))
-        except zlib.error:
-            pass
     return b"\n".join(out)
 
 
@@ -138,24 +145,131 @@ def runs(tmp_path_factory):
         ("inspect", ["inspect", str(data / "dcm"), "--errors-csv", str(outs / "inspect" / "errors.csv")]),
         ("inspect-json", ["inspect", "--json", *map(str, dicoms[:3])]),
         ("preview", ["preview", *map(str, dicoms[:2]), "--out", str(outs / "preview"), "--size", "96"]),
-        ("manifest", ["manifest", "build", "--dicom-tree", str(data / "dcm"), "--labels-csv", str(labels),
-                      "--data-root", str(data), "--out", str(manifest), "--val", "0.3", "--test", "0.3"]),
+        (
+            "manifest",
+            [
+                "manifest",
+                "build",
+                "--dicom-tree",
+                str(data / "dcm"),
+                "--labels-csv",
+                str(labels),
+                "--data-root",
+                str(data),
+                "--out",
+                str(manifest),
+                "--val",
+                "0.3",
+                "--test",
+                "0.3",
+            ],
+        ),
         ("manifest-check", ["manifest", "check", str(manifest), "--data-root", str(data)]),
-        ("train", ["train", "--manifest", str(manifest), "--data-root", str(data), "--out", str(ckpt_dir),
-                   "--epochs", "1", "--image-size", "75", "--batch-size", "4", "--device", "cpu",
-                   "--workers", "0", "--cache", "none", "--no-progress", "--no-tensorboard", "--mode", "linear"]),
-        ("evaluate", ["evaluate", "--checkpoint", str(ckpt_dir / "best"), "--manifest", str(manifest),
-                      "--data-root", str(data), "--out", str(outs / "evaluate"), "--bootstrap", "20"]),
-        ("explain", ["explain", "--checkpoint", str(ckpt_dir / "best"), *map(str, dicoms[:2]),
-                     "--out", str(outs / "explain"), "--faithfulness", "none"]),
-        ("explain-dicom", ["explain", "--checkpoint", str(ckpt_dir / "best"), *map(str, dicoms[:2]),
-                           "--out", str(outs / "explain_dicom"), "--dicom", "--faithfulness", "none"]),
-        ("score", ["score", "--checkpoint", str(ckpt_dir / "best"), str(data / "dcm"),
-                   "--out", str(outs / "score" / "scores.csv"), "--workers", "0", "--no-progress"]),
-        ("score-manifest", ["score", "--checkpoint", str(ckpt_dir / "best"), str(manifest), "--data-root",
-                            str(data), "--out", str(outs / "score_m" / "scores.csv"), "--workers", "0",
-                            "--no-progress"]),
-        ("export", ["export", "--checkpoint", str(ckpt_dir / "best"), "--out", str(outs / "export" / "m.onnx")]),
+        (
+            "train",
+            [
+                "train",
+                "--manifest",
+                str(manifest),
+                "--data-root",
+                str(data),
+                "--out",
+                str(ckpt_dir),
+                "--epochs",
+                "1",
+                "--image-size",
+                "75",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "--cache",
+                "none",
+                "--no-progress",
+                "--no-tensorboard",
+                "--mode",
+                "linear",
+            ],
+        ),
+        (
+            "evaluate",
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt_dir / "best"),
+                "--manifest",
+                str(manifest),
+                "--data-root",
+                str(data),
+                "--out",
+                str(outs / "evaluate"),
+                "--bootstrap",
+                "20",
+            ],
+        ),
+        (
+            "explain",
+            [
+                "explain",
+                "--checkpoint",
+                str(ckpt_dir / "best"),
+                *map(str, dicoms[:2]),
+                "--out",
+                str(outs / "explain"),
+                "--faithfulness",
+                "none",
+            ],
+        ),
+        (
+            "explain-dicom",
+            [
+                "explain",
+                "--checkpoint",
+                str(ckpt_dir / "best"),
+                *map(str, dicoms[:2]),
+                "--out",
+                str(outs / "explain_dicom"),
+                "--dicom",
+                "--faithfulness",
+                "none",
+            ],
+        ),
+        (
+            "score",
+            [
+                "score",
+                "--checkpoint",
+                str(ckpt_dir / "best"),
+                str(data / "dcm"),
+                "--out",
+                str(outs / "score" / "scores.csv"),
+                "--workers",
+                "0",
+                "--no-progress",
+            ],
+        ),
+        (
+            "score-manifest",
+            [
+                "score",
+                "--checkpoint",
+                str(ckpt_dir / "best"),
+                str(manifest),
+                "--data-root",
+                str(data),
+                "--out",
+                str(outs / "score_m" / "scores.csv"),
+                "--workers",
+                "0",
+                "--no-progress",
+            ],
+        ),
+        (
+            "export",
+            ["export", "--checkpoint", str(ckpt_dir / "best"), "--out", str(outs / "export" / "m.onnx")],
+        ),
     ]
     return {"base": base, "data": data, "outs": outs, "manifest": manifest, "plan": plan, "dicoms": dicoms,
             "captured": captured, "skipped": skipped, "codes": codes, "ckpt": ckpt_dir / "best"}  # fmt: skip

@@ -241,7 +241,13 @@ def dicom_elements(data: bytes, limit: int = 400) -> list[Element]:
 
 # tags whose value we like to set to absurd numbers
 ROWS, COLS, FRAMES = 0x00280010, 0x00280011, 0x00280008
-SAMPLES, BITS_ALLOC, BITS_STORED, HIGH_BIT, PIXREP = 0x00280002, 0x00280100, 0x00280101, 0x00280102, 0x00280103
+SAMPLES, BITS_ALLOC, BITS_STORED, HIGH_BIT, PIXREP = (
+    0x00280002,
+    0x00280100,
+    0x00280101,
+    0x00280102,
+    0x00280103,
+)
 PHOTOMETRIC, PIXEL_DATA, TSUID, PLANAR = 0x00280004, 0x7FE00010, 0x00020010, 0x00280006
 _US_TAGS = {ROWS, COLS, SAMPLES, BITS_ALLOC, BITS_STORED, HIGH_BIT, PIXREP, PLANAR}
 _US_VALUES = [0, 1, 2, 3, 7, 8, 12, 15, 16, 17, 31, 32, 33, 64, 255, 256, 4096, 32767, 32768, 65535]
@@ -396,7 +402,11 @@ def _nifti_endian(d: bytearray) -> str:
 
 def m_nifti_dims(d: bytearray, r: random.Random) -> bytearray:
     raw, gz = _nifti_unpack(d)
-    if len(raw) < 348 or struct.unpack_from("<i", raw, 0)[0] == 540 or struct.unpack_from(">i", raw, 0)[0] == 540:
+    if (
+        len(raw) < 348
+        or struct.unpack_from("<i", raw, 0)[0] == 540
+        or struct.unpack_from(">i", raw, 0)[0] == 540
+    ):
         return m_bitflips(d, r)
     en = _nifti_endian(raw)
     for _ in range(r.randint(1, 3)):
@@ -409,7 +419,11 @@ def m_nifti_dims(d: bytearray, r: random.Random) -> bytearray:
 def m_nifti_fields(d: bytearray, r: random.Random) -> bytearray:
     """datatype/bitpix/vox_offset/scl_slope/pixdim/sizeof_hdr set to odd values."""
     raw, gz = _nifti_unpack(d)
-    if len(raw) < 348 or struct.unpack_from("<i", raw, 0)[0] == 540 or struct.unpack_from(">i", raw, 0)[0] == 540:
+    if (
+        len(raw) < 348
+        or struct.unpack_from("<i", raw, 0)[0] == 540
+        or struct.unpack_from(">i", raw, 0)[0] == 540
+    ):
         return m_bitflips(d, r)
     en = _nifti_endian(raw)
     field = r.choice(["datatype", "bitpix", "vox", "slope", "inter", "pixdim", "sizeof", "qform"])
@@ -483,7 +497,12 @@ def m_png_chunk(d: bytearray, r: random.Random) -> bytearray:
         return m_bitflips(d, r)
     off, _typ, length = r.choice(chunks)
     if r.random() < 0.4:
-        struct.pack_into(">I", d, off, r.choice([0, min(length + 1, 0xFFFFFFFF), 0x7FFFFFFF, 0xFFFFFFFF, r.randrange(1 << 31)]))
+        struct.pack_into(
+            ">I",
+            d,
+            off,
+            r.choice([0, min(length + 1, 0xFFFFFFFF), 0x7FFFFFFF, 0xFFFFFFFF, r.randrange(1 << 31)]),
+        )
         return d
     if length:
         for _ in range(r.randint(1, 4)):
@@ -521,8 +540,12 @@ GENERIC: dict[str, Mutator] = {
     "interesting-int": m_interesting_int,
 }
 BY_FORMAT: dict[str, dict[str, Mutator]] = {
-    "dicom": {"dicom-length": m_dicom_length, "dicom-vr": m_dicom_vr, "dicom-pixel-attr": m_dicom_pixel_attr,
-              "dicom-add-frames": m_dicom_add_frames},  # fmt: skip
+    "dicom": {
+        "dicom-length": m_dicom_length,
+        "dicom-vr": m_dicom_vr,
+        "dicom-pixel-attr": m_dicom_pixel_attr,
+        "dicom-add-frames": m_dicom_add_frames,
+    },
     "nifti": {"nifti-dims": m_nifti_dims, "nifti-fields": m_nifti_fields, "nifti-inner": m_nifti_inner},
     "png": {"png-ihdr": m_png_ihdr, "png-chunk": m_png_chunk},
     "jpeg": {"jpeg-sof": m_jpeg_sof},
@@ -684,6 +707,8 @@ class Tally:
             f"cases reserving > {BIG_ALLOC_KB >> 20} GiB: {len(self.big_allocs)}",
             f"findings: {len(self.findings)}",
         ]
-        lines += [f"  big allocation {kb >> 10} MiB: {cid} -> {o} {k}" for cid, kb, o, k in self.big_allocs[:10]]
+        lines += [
+            f"  big allocation {kb >> 10} MiB: {cid} -> {o} {k}" for cid, kb, o, k in self.big_allocs[:10]
+        ]
         lines += [f"  {cid}: {res.outcome} {res.kind} {res.message[:200]}" for cid, res in self.findings[:30]]
         return "\n".join(lines)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fuzzlib as F  # noqa: E402
+import fuzzlib as F
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case-timeout", type=int, default=F.CASE_TIMEOUT_S)
     ap.add_argument("--as-limit-gib", type=float, default=None,
                     help="RLIMIT_AS of the worker (default 6); lower it to see transient allocations fail")  # fmt: skip
-    ap.add_argument("--findings", type=Path, default=F.findings_dir(), help="default: $FUZZ_FINDINGS or a temp folder")
+    ap.add_argument(
+        "--findings", type=Path, default=F.findings_dir(), help="default: $FUZZ_FINDINGS or a temp folder"
+    )
     args = ap.parse_args(argv)
     if args.as_limit_gib:
         F.WORKER_AS_LIMIT = int(args.as_limit_gib * 2**30)
@@ -57,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                 tally.add(cid, res)
                 if not res.allowed or res.rss_growth_kb > F.MAX_RSS_GROWTH_KB:
                     args.findings.mkdir(parents=True, exist_ok=True)
-                    keep = args.findings / f"{res.outcome}-{res.kind}-{seed.name}-{case_seed}".replace("/", "_")
+                    keep = args.findings / f"{res.outcome}-{res.kind}-{seed.name}-{case_seed}".replace(
+                        "/", "_"
+                    )
                     keep.write_bytes(data)
-                    print(f"FINDING {cid}: {res.outcome} {res.kind} {res.message[:200]} -> {keep}", flush=True)
+                    print(
+                        f"FINDING {cid}: {res.outcome} {res.kind} {res.message[:200]} -> {keep}", flush=True
+                    )
                 if (i + 1) % args.every == 0:
                     print(f"--- {i + 1} cases, {time.time() - t0:.0f} s\n{tally.summary()}", flush=True)
         finally:

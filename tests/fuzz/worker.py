@@ -21,7 +21,7 @@ class _Timeout(BaseException):
     pass
 
 
-def _alarm(signum, frame):  # noqa: ARG001
+def _alarm(signum, frame):
     raise _Timeout()
 
 
@@ -84,7 +84,9 @@ def main() -> None:
         except MemoryError as exc:
             res.update(outcome="memory", kind="MemoryError", message=str(exc)[:300])
         except Exception as exc:  # a finding
-            res.update(outcome="other", kind=type(exc).__qualname__, message=f"{type(exc).__module__}: {exc}"[:300])
+            res.update(
+                outcome="other", kind=type(exc).__qualname__, message=f"{type(exc).__module__}: {exc}"[:300]
+            )
         res["seconds"] = round(time.perf_counter() - t0, 4)
         _, peak = tracemalloc.get_traced_memory()
         grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
