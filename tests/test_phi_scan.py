@@ -113,6 +113,17 @@ def test_scanner_finds_planted_markers(tmp_path):
     assert n == 3 and len(found) >= 3, found
 
 
+def _sr_flag() -> list[str]:
+    """``--sr`` (a DICOM Comprehensive SR beside the Secondary Captures) when explain offers it."""
+    from medclass.cli import build_parser
+
+    for action in build_parser()._subparsers._group_actions:
+        sub = action.choices.get("explain")
+        if sub is not None and "--sr" in sub.format_help():
+            return ["--sr"]
+    return []
+
+
 # --- the whole pipeline ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -232,6 +243,7 @@ def runs(tmp_path_factory):
                 "--out",
                 str(outs / "explain_dicom"),
                 "--dicom",
+                *_sr_flag(),
                 "--faithfulness",
                 "none",
             ],
@@ -339,7 +351,7 @@ def test_include_phi_puts_markers_in_explain_outputs(runs, capfd, caplog):
     _run_plan(runs, capfd, caplog)
     out = runs["outs"].parent / "explain_phi"
     code = main(["explain", "--checkpoint", str(runs["ckpt"]), *map(str, runs["dicoms"][:2]), "--out", str(out),
-                 "--dicom", "--include-phi", "--faithfulness", "none"])  # fmt: skip
+                 "--dicom", *_sr_flag(), "--include-phi", "--faithfulness", "none"])  # fmt: skip
     capfd.readouterr()
     assert code in (0, 3)
     _, found = scan_tree(out)
