@@ -353,8 +353,16 @@ def train_lesion_model(steps: int = 25, n_train: int = 160, seed: int = 0) -> to
 
 @pytest.fixture(scope="module")
 def lesion_model() -> torch.nn.Module:
+    # One thread: on a shared 2-core machine two OpenMP threads spin-wait for each other and this took
+    # 6-9 min instead of ~1 min; flush denormals: tiny bf16 gradients otherwise crawl.
+    threads = torch.get_num_threads()
     torch.set_flush_denormal(True)
-    return train_lesion_model()
+    torch.set_num_threads(1)
+    try:
+        return train_lesion_model()
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
 
 
 @pytest.mark.slow
