@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_report import _blue_pixels, _console_errors, _render
 
 from medclass.cli import main
-from test_report import _blue_pixels, _console_errors, _render
 
 REPO = Path(__file__).resolve().parents[1]
 
