@@ -8,6 +8,12 @@ the new pair is complete, so a crash between the two renames still leaves a load
 previous one, which :func:`load` falls back to with a warning. :func:`load` never unpickles and refuses a
 file whose checksum does not match.
 
+The sidecar also carries ``meta_sha256``, the sha256 of its own canonical JSON (sorted keys, no spaces,
+without that key), so a hand-edited sidecar (classes reordered, a bad merge) is refused instead of loading
+with silently wrong labels. It catches accidents, not a deliberate attacker, who can recompute it along
+with the weights' checksum. Every field :func:`load` relies on is type- and range-checked, and a sidecar
+over :data:`MAX_SIDECAR_BYTES` is refused before it is read.
+
 For an exact resume, :func:`save_training_state` writes the optimizer, scheduler, grad scaler and RNG
 states as ``<stem>.state.safetensors`` (tensors) + ``<stem>.state.json`` (everything else).
 """
@@ -21,6 +27,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from medclass.errors import CheckpointError
+from medclass.errors import CheckpointError, MedclassError
 from medclass.fileio import atomic_write_bytes, atomic_write_text
 from medclass.model import ARCHITECTURE, model_from_state_dict, unwrap
 
@@ -42,6 +49,11 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 _REFUSE_PICKLE = "medclass checkpoints are .safetensors + .json; refusing to unpickle"
+MAX_SIDECAR_BYTES = 16 << 20  # a real sidecar is a few KB
+IMAGE_SIZE_RANGE = (75, 1024)  # Inception V3 needs >= 75 px
+TASKS = ("multiclass", "multilabel")
+_INPUT_KEYS = {"size", "mean", "std", "interpolation", "model_name"}
+_SHA256_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass
@@ -115,8 +127,9 @@ def save(stem: Path | str, model: nn.Module, meta: dict[str, Any]) -> Path:
     ``model`` may be wrapped (MainLogits, DDP, torch.compile). The sidecar adds ``format_version``,
     ``architecture``, ``num_classes``, ``aux_logits``, ``image_size`` (from ``meta["input"]["size"]`` or the
     model's config), and the weights file's ``sha256`` and ``size``. Returns the sidecar's path. Raises
-    :class:`CheckpointError` when ``meta`` cannot be stored as JSON or its ``classes`` disagree with the model;
-    on any error the previous checkpoint at ``stem`` is left as it was.
+    :class:`CheckpointError` when ``meta`` cannot be stored as JSON, its ``classes`` disagree with the model,
+    or a field :func:`load` checks is invalid (``classes`` not distinct names, unknown ``task``, an
+    ``input`` spec or image size out of range); ``meta_sha256`` seals the result. On any error the previous checkpoint at ``stem`` is left as it was.
     """
     stem = stem_of(stem)
     inner = unwrap(model)
@@ -142,12 +155,111 @@ def save(stem: Path | str, model: nn.Module, meta: dict[str, Any]) -> Path:
         "size": len(data),
     }
     try:
-        text = json.dumps(sidecar, indent=2, default=_jsonable) + "\n"
+        sidecar = json.loads(json.dumps(sidecar, default=_jsonable))  # what load will see
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"meta cannot be written as JSON ({exc})", stem) from exc
+    _validate(sidecar, _with_suffix(stem, ".json"))  # never write what load would refuse
+    sidecar.pop("meta_sha256", None)
+    sidecar["meta_sha256"] = meta_digest(sidecar)
+    text = json.dumps(sidecar, indent=2) + "\n"
     json_path = _commit_pair(stem, "", data, text)
     log.info("saved checkpoint %s (%d classes, %.1f MB)", json_path, num_classes, len(data) / 1e6)
     return json_path
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of ``meta``'s canonical JSON (sorted keys, no spaces) without its ``meta_sha256`` key."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_json_capped(
+    path: Path, what: str, error: type[MedclassError] = CheckpointError, limit: int = MAX_SIDECAR_BYTES
+) -> Any:
+    """The parsed JSON of ``path``, refused (``error`` naming the file) when it is over ``limit`` bytes
+    (checked before reading), not UTF-8, not JSON, or nested too deeply to parse."""
+    size = path.stat().st_size
+    if size > limit:
+        raise error(f"{what} is {size} bytes, over the {limit >> 20} MiB a sidecar may be; refusing it", path)
+    with path.open("rb") as fh:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:  # grew after the stat
+        raise error(f"{what} is over the {limit >> 20} MiB a sidecar may be; refusing it", path)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise error(f"{what} is not valid JSON (nested too deeply)", path) from None
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise error(f"{what} is not valid JSON ({exc})", path) from exc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_digest_fields(meta: dict[str, Any], json_path: Path) -> None:
+    if not _is_int(meta.get("size")) or meta["size"] < 0:
+        raise CheckpointError(f"sidecar key 'size' is {meta.get('size')!r}, not a byte count", json_path)
+    sha = meta.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_HEX):
+        raise CheckpointError(f"sidecar key 'sha256' is {sha!r}, not a sha256 hex digest", json_path)
+
+
+def _check_image_size(value: Any, key: str, json_path: Path) -> None:
+    lo, hi = IMAGE_SIZE_RANGE
+    if not _is_int(value) or not lo <= value <= hi:
+        raise CheckpointError(f"sidecar key {key!r} is {value!r}, not an integer in [{lo}, {hi}]", json_path)
+
+
+def _check_input(spec: Any, image_size: int, json_path: Path) -> None:
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"sidecar key 'input' is {spec!r}, not an input spec object", json_path)
+    missing, unknown = {"size"} - spec.keys(), spec.keys() - _INPUT_KEYS
+    if missing or unknown:
+        raise CheckpointError(
+            f"sidecar key 'input' lacks {sorted(missing)} / has unknown {sorted(unknown)}", json_path
+        )
+    _check_image_size(spec["size"], "input.size", json_path)
+    if spec["size"] != image_size:
+        raise CheckpointError(
+            f"sidecar key 'input.size' ({spec['size']}) differs from 'image_size' ({image_size})", json_path
+        )
+    for key in ("mean", "std"):
+        v = spec.get(key, [1.0, 1.0, 1.0])
+        if not (isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v)):
+            raise CheckpointError(f"sidecar key 'input.{key}' is {v!r}, not 3 numbers", json_path)
+    if any(x <= 0 for x in spec.get("std", [1.0])):
+        raise CheckpointError(f"sidecar key 'input.std' is {spec['std']!r}; all must be > 0", json_path)
+    for key in ("interpolation", "model_name"):
+        if key in spec and not (isinstance(spec[key], str) and spec[key]):
+            raise CheckpointError(f"sidecar key 'input.{key}' is {spec[key]!r}, not a name", json_path)
+
+
+def _validate(meta: dict[str, Any], json_path: Path) -> None:
+    """Refuse a sidecar whose fields :func:`load` and scoring rely on have the wrong type or range."""
+    num_classes: Any = meta.get("num_classes")
+    if not _is_int(num_classes) or num_classes < 1:
+        raise CheckpointError(f"sidecar key 'num_classes' is {num_classes!r}, not an integer >= 1", json_path)
+    _check_image_size(meta.get("image_size"), "image_size", json_path)
+    _check_digest_fields(meta, json_path)
+    classes = meta.get("classes")
+    if classes is not None:
+        if not (isinstance(classes, list) and all(isinstance(c, str) and c.strip() for c in classes)):
+            raise CheckpointError(f"sidecar key 'classes' is {classes!r}, not a list of names", json_path)
+        if len(classes) != num_classes:
+            raise CheckpointError(
+                f"sidecar key 'classes' lists {len(classes)} names for num_classes {num_classes}", json_path
+            )
+        if len(set(classes)) != len(classes):
+            raise CheckpointError(f"sidecar key 'classes' repeats a name: {classes!r}", json_path)
+    if "task" in meta and meta["task"] not in TASKS:
+        raise CheckpointError(f"sidecar key 'task' is {meta['task']!r}, not one of {list(TASKS)}", json_path)
+    if "input" in meta:
+        _check_input(meta["input"], meta["image_size"], json_path)
 
 
 def _read_sidecar(json_path: Path) -> dict[str, Any]:
@@ -156,10 +268,7 @@ def _read_sidecar(json_path: Path) -> dict[str, Any]:
             "sidecar .json is missing: the checkpoint is incomplete (interrupted save?) or not a medclass one",
             json_path,
         )
-    try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"sidecar is not valid JSON ({exc})", json_path) from exc
+    meta = read_json_capped(json_path, "sidecar")
     if not isinstance(meta, dict):
         raise CheckpointError("sidecar is not a JSON object", json_path)
     version = meta.get("format_version")
@@ -174,7 +283,28 @@ def _read_sidecar(json_path: Path) -> dict[str, Any]:
             f"architecture {meta.get('architecture')!r} is not {ARCHITECTURE!r}; medclass cannot load it",
             json_path,
         )
+    # required from format_version 1 on (the first release); a later version that drops it must say so here
+    recorded = meta.get("meta_sha256")
+    if recorded is None:
+        raise CheckpointError(
+            "sidecar has no meta_sha256: not written by medclass checkpoint.save", json_path
+        )
+    if recorded != meta_digest(meta):
+        raise CheckpointError(
+            "sidecar was edited after saving (meta_sha256 mismatch); restore it or save the model again",
+            json_path,
+        )
+    _validate(meta, json_path)
     return meta
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _verified_bytes(st_path: Path, meta: dict[str, Any]) -> bytes:
@@ -182,14 +312,22 @@ def _verified_bytes(st_path: Path, meta: dict[str, Any]) -> bytes:
         raise CheckpointError(
             "weights file is missing (the .json sidecar has no .safetensors beside it)", st_path
         )
-    data = st_path.read_bytes()
     expected = meta.get("size")
-    if isinstance(expected, int) and len(data) != expected:
+    if not _is_int(expected):
+        raise CheckpointError(f"the sidecar records no byte size ({expected!r})", st_path)
+    actual = st_path.stat().st_size
+    if actual != expected:  # refused from stat(), before reading anything
         raise CheckpointError(
-            f"truncated or replaced: {len(data)} bytes, the sidecar recorded {expected}", st_path
+            f"truncated or replaced: {actual} bytes, the sidecar recorded {expected}", st_path
         )
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != meta.get("sha256"):
+    with st_path.open("rb") as fh:
+        data = fh.read(expected + 1)
+    if len(data) != expected:
+        raise CheckpointError(
+            f"truncated or replaced while reading: {len(data)} bytes, the sidecar recorded {expected}",
+            st_path,
+        )
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise CheckpointError(
             "sha256 mismatch: the weights file changed after saving (tampered, corrupt, or an interrupted save)",
             st_path,
@@ -202,24 +340,33 @@ def _pair(stem: Path, kind: str) -> tuple[Path, Path]:
     return _with_suffix(stem, f"{kind}.safetensors"), _with_suffix(stem, f"{kind}.json")
 
 
-def _pair_is_consistent(weights: Path, sidecar: Path) -> bool:
+def _pair_is_consistent(data_path: Path, sidecar: Path, digest_key: str = "sha256") -> bool:
     try:
-        doc = json.loads(sidecar.read_text(encoding="utf-8"))
-        return isinstance(doc, dict) and hashlib.sha256(weights.read_bytes()).hexdigest() == doc.get("sha256")
-    except (OSError, ValueError, UnicodeDecodeError):
+        doc = read_json_capped(sidecar, "sidecar")
+        return isinstance(doc, dict) and file_sha256(data_path) == doc.get(digest_key)
+    except (OSError, CheckpointError):
         return False
 
 
-def _commit_pair(stem: Path, kind: str, data: bytes, text: str) -> Path:
-    """Replace ``<stem><kind>.safetensors`` + ``.json`` so that a crash at any moment leaves a loadable pair.
+def commit_pair(
+    data_path: Path,
+    data: bytes,
+    sidecar: Path,
+    text: str,
+    prev: tuple[Path, Path],
+    *,
+    digest_key: str = "sha256",
+) -> None:
+    """Replace ``data_path`` + its ``sidecar`` (whose ``digest_key`` holds the sha256 of ``data_path``) so that
+    a crash at any moment leaves a complete pair: the new one, or the current one kept as ``prev``.
 
-    The current pair, if consistent, is first hard-linked to ``<stem><kind>.prev.*``; the weights then the
-    sidecar are replaced atomically; the backup is removed once both are in place. Returns the sidecar path.
+    The current pair, if consistent, is first hard-linked (copied where links are not supported) to
+    ``prev = (prev_data, prev_sidecar)``; the data then the sidecar are replaced atomically; the backup is
+    removed once both are in place. Used for checkpoints and for exports (:mod:`medclass.export`).
     """
-    weights, sidecar = _pair(stem, kind)
-    prev_w, prev_j = _pair(stem, f"{kind}.prev")
-    if weights.is_file() and sidecar.is_file() and _pair_is_consistent(weights, sidecar):
-        for src, dst in ((weights, prev_w), (sidecar, prev_j)):
+    prev_data, prev_sidecar = prev
+    if data_path.is_file() and sidecar.is_file() and _pair_is_consistent(data_path, sidecar, digest_key):
+        for src, dst in ((data_path, prev_data), (sidecar, prev_sidecar)):
             tmp = dst.with_name(dst.name + ".tmp")
             tmp.unlink(missing_ok=True)
             try:
@@ -227,14 +374,23 @@ def _commit_pair(stem: Path, kind: str, data: bytes, text: str) -> Path:
             except OSError:  # file systems without hard links
                 shutil.copy2(src, tmp)
             os.replace(tmp, dst)
-    atomic_write_bytes(weights, data)
+    atomic_write_bytes(data_path, data)
     atomic_write_text(sidecar, text)
-    prev_j.unlink(missing_ok=True)
-    prev_w.unlink(missing_ok=True)
+    prev_sidecar.unlink(missing_ok=True)
+    prev_data.unlink(missing_ok=True)
+
+
+def _commit_pair(stem: Path, kind: str, data: bytes, text: str) -> Path:
+    """:func:`commit_pair` for ``<stem><kind>.safetensors`` + ``.json``, backup ``<stem><kind>.prev.*``.
+    Returns the sidecar path."""
+    weights, sidecar = _pair(stem, kind)
+    commit_pair(weights, data, sidecar, text, _pair(stem, f"{kind}.prev"))
     return sidecar
 
 
-def _read_pair(stem: Path, kind: str, read_sidecar: Any) -> tuple[dict[str, Any], bytes, Path]:
+def _read_pair(
+    stem: Path, kind: str, read_sidecar: Callable[[Path], dict[str, Any]]
+) -> tuple[dict[str, Any], bytes, Path]:
     """The verified ``(sidecar, weights bytes, weights path)`` of a pair, falling back to the ``.prev`` pair
     an interrupted save left behind. Raises :class:`CheckpointError` when neither verifies."""
     weights, sidecar = _pair(stem, kind)
@@ -403,13 +559,11 @@ def save_training_state(
 def _read_state_doc(json_path: Path) -> dict[str, Any]:
     if not json_path.is_file():
         raise CheckpointError("training state .state.json is missing; cannot resume", json_path)
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"training state is not valid JSON ({exc})", json_path) from exc
+    doc = read_json_capped(json_path, "training state")
     if not isinstance(doc, dict) or doc.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
         version = doc.get("format_version") if isinstance(doc, dict) else None
         raise CheckpointError(f"unknown format_version {version!r}", json_path)
+    _check_digest_fields(doc, json_path)
     return doc
 
 

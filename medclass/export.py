@@ -4,8 +4,14 @@
 dynamic axis) and returns ``logits`` (N×C, the main head only: the aux head is not in the graph). The
 sidecar ``model.onnx.json`` holds ``classes``, ``task``, ``input``, ``window``, ``fit``,
 ``operating_point`` and the checkpoint's weights ``sha256`` (so ``medclass score --backend onnxruntime``
-can refuse an export of other weights), plus the ONNX file's own sha256 and the parity measured against
-torch right after export. Both files are written atomically (the sidecar last).
+can refuse an export of other weights), plus the ONNX file's own sha256 and size and the parity measured
+against torch right after export.
+
+The two files are one unit, written like a checkpoint pair (:func:`medclass.checkpoint.commit_pair`): the
+current export, if complete, is kept as ``model.prev.onnx`` + ``model.prev.onnx.json`` until the new
+``.onnx`` then its sidecar are in place (each atomically). :func:`read_sidecar` checks the ``.onnx``
+against the sidecar's size and sha256, so a torn pair (an export interrupted between the two renames, or
+a file replaced by hand) is refused with a clear error, never scored with the wrong sidecar.
 """
 
 from __future__ import annotations
@@ -40,11 +46,13 @@ CARRIED_KEYS = (
     "image_size",
 )
 EXPORT_FORMATS = ("onnx",)
+PARITY_RTOL = 1e-4  # max |Δlogit| / max(1, max |logit|) allowed between onnxruntime and torch
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the export went and how close it is to torch (max |Δlogit| on a random batch)."""
+    """Where the export went and how close it is to torch (max |Δlogit| on a random batch; its relative
+    size is in ``meta["parity_max_rel_logit_diff"]``)."""
 
     path: Path
     sidecar: Path
@@ -58,20 +66,67 @@ def sidecar_path(onnx_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def prev_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` → ``model.prev.onnx``: where the previous export is kept while a new one is written."""
+    p = Path(onnx_path)
+    return p.with_name(f"{p.stem}.prev{p.suffix}")
+
+
 def read_sidecar(onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The sidecar of an exported model. Raises :class:`ConfigError` when it is missing or not ours."""
+    """The sidecar of an exported model, after checking that the ``.onnx`` beside it is the one it describes.
+
+    Raises :class:`ConfigError` (naming the file) when the sidecar is missing, over 16 MiB, not ours, or
+    when the ``.onnx`` is missing or its size or sha256 differs from the sidecar's (a torn or replaced
+    export).
+    """
+    from medclass.checkpoint import read_json_capped
+
     path = sidecar_path(onnx_path)
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.is_file():
         raise ConfigError(
             f"no sidecar {path.name} next to the ONNX model; export it with medclass export", onnx_path
-        ) from None
-    except (OSError, ValueError) as exc:
+        )
+    try:
+        meta = read_json_capped(path, "sidecar", ConfigError)
+    except OSError as exc:
         raise ConfigError(f"unreadable sidecar ({exc})", path) from exc
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
         raise ConfigError(f"not a {SIDECAR_FORMAT} sidecar", path)
+    _verify_onnx(Path(onnx_path), meta)
     return meta
+
+
+def _verify_onnx(onnx_path: Path, meta: dict[str, Any]) -> None:
+    from medclass.checkpoint import file_sha256
+
+    prev = prev_path(onnx_path)
+    hint = (
+        f"; the previous complete export is kept as {prev.name} (+ .json)"
+        if prev.is_file() and sidecar_path(prev).is_file()
+        else ""
+    )
+    if not onnx_path.is_file():
+        raise ConfigError(f"ONNX model is missing next to its sidecar; export it again{hint}", onnx_path)
+    expected_size, expected_sha = meta.get("onnx_size"), meta.get("onnx_sha256")
+    if not isinstance(expected_sha, str):
+        raise ConfigError("sidecar records no onnx_sha256; export it again", sidecar_path(onnx_path))
+    actual = onnx_path.stat().st_size
+    if isinstance(expected_size, int) and actual != expected_size:
+        raise ConfigError(
+            f"{actual} bytes, its sidecar recorded {expected_size}: an interrupted export or a replaced file; "
+            f"export it again{hint}",
+            onnx_path,
+        )
+    try:
+        digest = file_sha256(onnx_path)
+    except OSError as exc:
+        raise ConfigError(f"unreadable ONNX model ({exc})", onnx_path) from exc
+    if digest != expected_sha:
+        raise ConfigError(
+            "sha256 differs from its sidecar's onnx_sha256: an interrupted export or a replaced file; "
+            f"export it again{hint}",
+            onnx_path,
+        )
 
 
 def _onnx_bytes(wrapper: Any, example: Any, opset: int) -> bytes:
@@ -92,8 +147,9 @@ def _onnx_bytes(wrapper: Any, example: Any, opset: int) -> bytes:
     return buf.getvalue()
 
 
-def _parity(data: bytes, wrapper: Any, size: int) -> float | None:
-    """Max |Δlogit| between onnxruntime and torch on a random 3-image batch (None without onnxruntime)."""
+def _parity(data: bytes, wrapper: Any, size: int) -> tuple[float, float] | None:
+    """``(max |Δlogit|, max |logit|)`` between onnxruntime and torch on a random 3-image batch (torch's
+    logits as the reference; None without onnxruntime)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -104,10 +160,16 @@ def _parity(data: bytes, wrapper: Any, size: int) -> float | None:
 
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))  # 3×3×S×S
     with torch.inference_mode():
-        ref = wrapper(x).numpy()
+        ref = wrapper(x).numpy()  # 3×C
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: x.numpy()})[0]
-    return float(np.max(np.abs(got - ref)))
+    got = session.run(None, {INPUT_NAME: x.numpy()})[0]  # 3×C
+    return float(np.max(np.abs(got - ref))), float(np.max(np.abs(ref)))
+
+
+def relative_diff(max_abs_diff: float, max_abs_ref: float) -> float:
+    """``max|Δ| / max(1, max|ref|)``: absolute for small logits, relative for large ones (a random-init
+    model's logits reach 1e7, where float32 rounding alone differs by more than 1e-3)."""
+    return max_abs_diff / max(1.0, max_abs_ref)
 
 
 def export_onnx(
@@ -116,7 +178,9 @@ def export_onnx(
     """Export ``checkpoint``'s main logits to ONNX at ``out`` with a sidecar ``out.json``.
 
     Returns an :class:`ExportResult`. Raises :class:`~medclass.errors.CheckpointError` for a bad checkpoint
-    and :class:`ConfigError` when ``onnx`` is missing or the export is not faithful (|Δlogit| > 1e-3).
+    and :class:`ConfigError` when ``onnx`` is missing or the export is not faithful (max |Δlogit| over
+    max(1, max |logit|) above :data:`PARITY_RTOL`); then nothing is written. A crash while writing leaves
+    the previous export (as ``<out stem>.prev.onnx`` until the new one is complete) or the new one.
     """
     try:
         import onnx
@@ -124,7 +188,6 @@ def export_onnx(
         raise ConfigError("ONNX export needs onnx: pip install 'medclass[onnx]'") from None
     from medclass import __version__
     from medclass import checkpoint as checkpoints
-    from medclass.fileio import atomic_write_bytes, atomic_write_text
     from medclass.model import MainLogits
 
     ckpt = checkpoints.load(Path(checkpoint))
@@ -135,9 +198,14 @@ def export_onnx(
 
     data = _onnx_bytes(wrapper, torch.zeros(2, 3, size, size), opset)  # example: 2×3×S×S
     onnx.checker.check_model(onnx.load_from_string(data))
-    diff = _parity(data, wrapper, size)
-    if diff is not None and diff > 1e-3:
-        raise ConfigError(f"exported graph differs from torch by {diff:.2e} in the logits; not written", out)
+    parity = _parity(data, wrapper, size)
+    diff, rel = (None, None) if parity is None else (parity[0], relative_diff(*parity))
+    if rel is not None and not rel <= PARITY_RTOL:  # NaN refuses too
+        raise ConfigError(
+            f"exported graph differs from torch by {diff:.2e} in the logits (relative {rel:.1e} > "
+            f"{PARITY_RTOL:.0e}); not written",
+            out,
+        )
     out = Path(out)
     carried = {k: meta[k] for k in CARRIED_KEYS if k in meta}
     sidecar = {
@@ -146,16 +214,25 @@ def export_onnx(
         **carried,
         "weights_sha256": meta.get("sha256"),
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "onnx_size": len(data),
         "checkpoint": str(ckpt.path),
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "output": "main logits (softmax for multiclass, sigmoid for multilabel)",
         "opset": opset,
         "parity_max_abs_logit_diff": diff,
+        "parity_max_rel_logit_diff": rel,
         "versions": {"medclass": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
     }
-    atomic_write_bytes(out, data)
     side = sidecar_path(out)
-    atomic_write_text(side, json.dumps(sidecar, indent=2) + "\n")
+    prev = prev_path(out)
+    checkpoints.commit_pair(
+        out,
+        data,
+        side,
+        json.dumps(sidecar, indent=2) + "\n",
+        (prev, sidecar_path(prev)),
+        digest_key="onnx_sha256",
+    )
     log.info("exported %s (%.1f MB, opset %d, max |Δlogit| vs torch %s)", out, len(data) / 1e6, opset, diff)
     return ExportResult(out, side, diff, sidecar)

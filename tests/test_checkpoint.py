@@ -120,7 +120,23 @@ def test_bad_meta_is_refused_before_writing(tmp_path: Path) -> None:
         save(tmp_path / "m", model, {"classes": ["a", "b"], "thing": object()})
     with pytest.raises(CheckpointError, match="3 classes but the model has 2"):
         save(tmp_path / "m", model, {"classes": ["a", "b", "c"]})
+    for meta, key in (
+        ({"classes": ["a", "a"]}, "'classes' repeats"),
+        ({"classes": ["a", ""]}, "'classes'"),
+        ({"task": "regression"}, "'task'"),
+        ({"input": {"size": 75, "std": [1, 0, 1]}}, "'input.std'"),
+    ):
+        with pytest.raises(CheckpointError, match=key):  # what load would refuse is never written
+            save(tmp_path / "m", model, meta)
     assert not list(tmp_path.iterdir())
+
+
+def test_sidecar_is_sealed_with_meta_sha256(saved) -> None:
+    meta = json.loads(_sidecar(saved[0]).read_text())
+    assert meta["meta_sha256"] == ckpt.meta_digest(meta)
+    canonical = json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"}, sort_keys=True,
+                           separators=(",", ":"))  # fmt: skip
+    assert meta["meta_sha256"] == ckpt.hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def test_checkpoint_as_weights_for_task_to_task_transfer(saved) -> None:
@@ -159,6 +175,7 @@ def _forge_sidecar(stem: Path, **changes) -> None:
     data = _weights(stem).read_bytes()
     meta.update(sha256=ckpt.hashlib.sha256(data).hexdigest(), size=len(data))
     meta.update(changes)
+    meta["meta_sha256"] = ckpt.meta_digest(meta)  # reseal: these tests are about what comes after
     _sidecar(stem).write_text(json.dumps(meta))
 
 
@@ -185,7 +202,7 @@ def test_pickles_are_refused_and_never_run(tmp_path: Path) -> None:
     stem = tmp_path / "disguised"
     _weights(stem).write_bytes(payload)
     _sidecar(stem).write_text(
-        json.dumps({"format_version": 1, "architecture": "inception_v3", "num_classes": 2})
+        json.dumps({"format_version": 1, "architecture": "inception_v3", "num_classes": 2, "image_size": 299})
     )
     _forge_sidecar(stem)
     with pytest.raises(CheckpointError, match="corrupt safetensors"):
@@ -215,7 +232,7 @@ def test_unknown_format_and_architecture_are_refused(saved, tmp_path: Path) -> N
     _forge_sidecar(stem, format_version=1, architecture="resnet18")
     with pytest.raises(CheckpointError, match="architecture 'resnet18'"):
         load(stem)
-    _forge_sidecar(stem, architecture="inception_v3", num_classes=3)
+    _forge_sidecar(stem, architecture="inception_v3", num_classes=3, classes=["a", "b", "c"])
     with pytest.raises(CheckpointError, match="class-count mismatch: sidecar says 3, weights have 2"):
         load(stem)
 
@@ -229,7 +246,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
         {k: v.contiguous() for k, v in resnet18(weights=None).state_dict().items()}, str(_weights(stem))
     )
     _sidecar(stem).write_text(
-        json.dumps({"format_version": 1, "architecture": "inception_v3", "num_classes": 1000})
+        json.dumps(
+            {"format_version": 1, "architecture": "inception_v3", "num_classes": 1000, "image_size": 299}
+        )
     )
     _forge_sidecar(stem)
     with pytest.raises(CheckpointError, match=r"not an Inception V3 state dict \(missing: ") as info:

@@ -45,6 +45,9 @@ def test_export_writes_onnx_and_sidecar(exported: tuple[Path, Path]) -> None:
     assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [3, SIZE, SIZE]
     assert outp.type.tensor_type.shape.dim[1].dim_value == 2
     assert not list(out.parent.glob(".*.tmp"))  # atomic: no temporaries left
+    assert not list(out.parent.glob("*.prev*"))  # the previous-export backup is gone once complete
+    assert side["onnx_size"] == out.stat().st_size
+    assert side["parity_max_rel_logit_diff"] <= side["parity_max_abs_logit_diff"] + 1e-12
 
 
 def test_onnxruntime_matches_torch_on_real_images(
@@ -108,3 +111,107 @@ def test_missing_sidecar_is_a_clear_error(exported: tuple[Path, Path], tmp_path:
                  "--out", str(tmp_path / "s.csv")])  # fmt: skip
     assert code == ExitCode.ERROR
     assert "lonely.onnx.json" in capsys.readouterr().err
+
+
+# --- parity: relative to the logits' scale ----------------------------------------------------------
+def test_parity_is_relative_for_large_logits() -> None:
+    """A model whose logits are ~3e7 (random init does that) differs from onnxruntime by float32 rounding
+    (>1e-3 absolute) but is faithful; small logits keep an absolute 1e-4 bound."""
+    import torch
+
+    from medclass.export import PARITY_RTOL, _onnx_bytes, _parity, relative_diff
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 2),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        net[-1].weight.mul_(1e8)
+    data = _onnx_bytes(net, torch.zeros(2, 3, 16, 16), 17)
+    diff, scale = _parity(data, net, 16)
+    assert scale > 1e6
+    assert relative_diff(diff, scale) <= PARITY_RTOL
+    assert relative_diff(175.0, 3e7) <= PARITY_RTOL  # the case that refused every random-init model
+    assert relative_diff(175.0, 10.0) > PARITY_RTOL  # a real mismatch is still refused
+    assert relative_diff(2e-4, 0.5) > PARITY_RTOL  # small logits: absolute 1e-4
+
+
+def test_export_accepts_large_logits_and_refuses_real_mismatch(tmp_path: Path, monkeypatch) -> None:
+    from medclass import export
+    from medclass.errors import ConfigError
+
+    ckpt = make_checkpoint(tmp_path / "ck")
+    out = tmp_path / "m.onnx"
+    monkeypatch.setattr(export, "_parity", lambda *a: (175.0, 3e7))  # relative 6e-6
+    result = export.export_onnx(ckpt, out)
+    assert result.max_abs_logit_diff == 175.0 and result.meta["parity_max_rel_logit_diff"] < 1e-5
+    before = out.read_bytes(), export.sidecar_path(out).read_bytes()
+    monkeypatch.setattr(export, "_parity", lambda *a: (175.0, 10.0))
+    with pytest.raises(ConfigError, match=r"differs from torch .* not written"):
+        export.export_onnx(ckpt, out)
+    assert (out.read_bytes(), export.sidecar_path(out).read_bytes()) == before  # previous export untouched
+
+
+# --- the .onnx + .onnx.json pair ---------------------------------------------------------------------
+def _copy_export(out: Path, folder: Path, name: str = "m") -> Path:
+    from medclass.export import sidecar_path
+
+    dst = folder / f"{name}.onnx"
+    shutil.copy(out, dst)
+    shutil.copy(sidecar_path(out), sidecar_path(dst))
+    return dst
+
+
+def test_replaced_onnx_is_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    from medclass.errors import ConfigError
+    from medclass.export import read_sidecar
+
+    dst = _copy_export(exported[1], tmp_path)
+    assert read_sidecar(dst)["format"] == "medclass-onnx"
+    data = bytearray(dst.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, other content
+    dst.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="sha256 differs from its sidecar") as info:
+        read_sidecar(dst)
+    assert str(dst) in str(info.value) and "\n" not in str(info.value)
+    dst.write_bytes(bytes(data[:-10]))
+    with pytest.raises(ConfigError, match="its sidecar recorded"):
+        read_sidecar(dst)
+    dst.unlink()
+    with pytest.raises(ConfigError, match="ONNX model is missing"):
+        read_sidecar(dst)
+
+
+def test_interrupted_export_is_detected_and_previous_kept(
+    exported: tuple[Path, Path], tmp_path: Path, kermany: Path, monkeypatch, capsys
+) -> None:
+    """A crash between writing the new .onnx and its sidecar: the torn pair is refused (not scored with
+    the old sidecar's classes and checksum), and the previous export is kept complete as m.prev.onnx."""
+    from medclass import checkpoint
+    from medclass.export import export_onnx, prev_path, read_sidecar, sidecar_path
+
+    _, out = exported
+    dst = _copy_export(out, tmp_path)
+    old = dst.read_bytes(), sidecar_path(dst).read_bytes()
+    other = make_checkpoint(tmp_path / "other", seed=3)
+
+    def crash(*args, **kwargs):
+        raise OSError("killed between the two renames")
+
+    monkeypatch.setattr(checkpoint, "atomic_write_text", crash)
+    with pytest.raises(OSError, match="killed"):
+        export_onnx(other, dst)
+    monkeypatch.undo()
+    prev = prev_path(dst)
+    assert dst.read_bytes() != old[0] and sidecar_path(dst).read_bytes() == old[1]  # torn
+    assert (prev.read_bytes(), sidecar_path(prev).read_bytes()) == old
+    assert read_sidecar(prev)["sha256"] == read_sidecar(out)["sha256"]  # the backup is a usable export
+    image = kermany_jpegs(kermany, 1)[0]
+    code = main(["score", "--backend", "onnxruntime", "--onnx", str(dst), str(image),
+                 "--out", str(tmp_path / "s.csv"), "--workers", "0"])  # fmt: skip
+    assert code == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert "interrupted export" in err and "m.prev.onnx" in err and "internal error" not in err
+    result = export_onnx(other, dst)  # exporting again completes the pair and drops the backup
+    assert read_sidecar(dst)["sha256"] == result.meta["sha256"] and not prev.exists()

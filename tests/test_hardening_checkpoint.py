@@ -4,7 +4,7 @@ Covered there: round trip, truncation, flipped byte (sha256), pickles, missing p
 architecture, another architecture's weights, failed save. Here: a hostile safetensors header (huge
 length, overlapping/out-of-range offsets, wrong dtype) with a sidecar whose checksum matches it (an
 attacker can recompute it), a tampered sidecar (classes swapped, image_size junk, deeply nested JSON,
-huge file), special files and symlinks as the weights (``/dev/zero``, a FIFO, a link elsewhere), and a
+huge file; resealed with meta_sha256 or not), special files and symlinks as the weights (``/dev/zero``, a FIFO, a link elsewhere), and a
 weights file far larger than the sidecar says (must be refused before it is read into memory).
 """
 
@@ -56,11 +56,14 @@ def _j(stem: Path) -> Path:
     return Path(str(stem) + ".json")
 
 
-def _reseal(stem: Path) -> None:
-    """Recompute the sidecar's size and sha256 for the current weights (what an attacker would do)."""
+def _reseal(stem: Path, **changes) -> None:
+    """Apply ``changes`` to the sidecar and recompute its size, sha256 and meta_sha256 for the current
+    weights (what an attacker would do), so the checks after the checksums are what is tested."""
     data = _w(stem).read_bytes()
     meta = json.loads(_j(stem).read_text())
     meta.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    meta.update(changes)
+    meta["meta_sha256"] = checkpoint.meta_digest(meta)
     _j(stem).write_text(json.dumps(meta))
 
 
@@ -161,104 +164,96 @@ def test_weights_of_other_shapes_with_resealed_sidecar(good, tmp_path):
         ("image_size", -5),
         ("image_size", 10**9),
         ("image_size", [1, 2]),
+        ("image_size", True),
+        ("image_size", 76),  # in range, but not the input spec's size
         ("num_classes", "2"),
+        ("num_classes", 0),
         ("classes", "normal,pneumonia"),
         ("classes", [1, None]),
+        ("classes", ["normal", ""]),
+        ("classes", ["normal"]),
+        ("classes", ["normal", "normal"]),
         ("size", "big"),
         ("sha256", None),
+        ("sha256", "zz"),
         ("input", "junk"),
+        ("input", {"mean": [0.5, 0.5, 0.5]}),
+        ("input", {"size": 75, "colour": "red"}),
+        ("input", {"size": 75, "mean": [0.5, 0.5, 0.5], "std": [0, 1, 1]}),
+        ("input", {"size": 75, "mean": "abc", "std": [1, 1, 1]}),
+        ("task", "regression"),
     ],
 )
 def test_tampered_sidecar_fields_are_refused_cleanly(good, tmp_path, field, value):
-    """A sidecar edited by hand: a CheckpointError (or a clean load), never an internal error."""
+    """A sidecar edited by hand, meta_sha256 recomputed: a CheckpointError naming the file and the key."""
+    stem = _copy(good, tmp_path)
+    _reseal(stem, **{field: value})
+    msg = _refused(stem)
+    assert str(_j(stem)) in msg and f"'{field}" in msg, msg
+
+
+def test_edited_sidecar_without_resealing_is_refused(good, tmp_path):
+    """Any hand edit (here an unrelated key) without recomputing meta_sha256 is refused as an edit."""
     stem = _copy(good, tmp_path)
     meta = json.loads(_j(stem).read_text())
-    meta[field] = value
+    meta["seed"] = 1
     _j(stem).write_text(json.dumps(meta))
-    try:
-        with time_limit(120):
-            ck = checkpoint.load(stem)
-    except CheckpointError as exc:
-        assert "\n" not in str(exc)
-        return
-    except Exception as exc:
-        pytest.xfail(
-            f"gap: sidecar {field}={value!r} gives {type(exc).__name__}: {str(exc)[:120]} instead of a "
-            "CheckpointError: medclass/checkpoint.py _read_sidecar should validate field types "
-            "(image_size int in [75, 2048], num_classes int > 0, classes list[str], size int, sha256 hex)"
-        )
-    # loaded: only acceptable if the field does not matter for the model
-    assert field in ("input", "classes", "size", "image_size"), f"{field}={value!r} loaded"
-    if field == "classes":
-        pytest.xfail(f"gap: sidecar classes={value!r} (not a list of names) loaded without complaint")
-    if field == "image_size":
-        pytest.xfail(f"gap: sidecar image_size={value!r} accepted")
-    if field == "input":
-        pytest.xfail("gap: sidecar input='junk' accepted at load (fails later in preprocessing)")
-    assert ck.model is not None
+    assert "edited after saving" in _refused(stem)
+    meta.pop("meta_sha256")
+    _j(stem).write_text(json.dumps(meta))
+    assert "meta_sha256" in _refused(stem)
+
+
+def test_sidecar_reformatted_still_loads(good, tmp_path):
+    """meta_sha256 is over the canonical JSON: re-indenting or reordering keys is not an edit."""
+    stem = _copy(good, tmp_path)
+    meta = json.loads(_j(stem).read_text())
+    _j(stem).write_text(json.dumps(dict(reversed(list(meta.items()))), indent=7))
+    assert checkpoint.load(stem).classes == ["normal", "pneumonia"]
 
 
 def test_deeply_nested_sidecar(good, tmp_path):
     stem = _copy(good, tmp_path)
     _j(stem).write_text("[" * 200_000 + "]" * 200_000)
-    try:
-        checkpoint.load(stem)
-    except CheckpointError:
-        return
-    except RecursionError:
-        pytest.xfail(
-            "gap: a deeply nested .json sidecar raises RecursionError (internal error): catch it with "
-            "ValueError in medclass/checkpoint.py _read_sidecar (and load_training_state)"
-        )
+    assert "nested too deeply" in _refused(stem)
+    state = tmp_path / "t.state.json"
+    state.write_text("{" + '"a":{' * 200_000 + "}" * 200_001)
+    Path(str(tmp_path / "t.state") + ".safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        checkpoint.load_training_state(tmp_path / "t", torch.optim.SGD([torch.zeros(1)], lr=0.1))
 
 
 def test_swapped_classes_in_sidecar(good, tmp_path):
-    """Classes reordered in the sidecar (weights untouched, checksum intact): predictions flip silently.
+    """Classes reordered in the sidecar (weights untouched, checksum intact) would flip predictions.
 
-    The sidecar's checksum covers only the weights. Detecting an edited sidecar needs a digest of the
-    sidecar's own content (``meta_sha256`` over the canonical JSON without that field) checked at load;
-    it cannot stop a deliberate attacker (who would recompute it) but catches hand edits and merges.
+    The sidecar's ``meta_sha256`` (its canonical JSON without that field) catches the edit; it cannot stop
+    a deliberate attacker (who would recompute it) but catches hand edits and merges.
     """
     stem = _copy(good, tmp_path)
     meta = json.loads(_j(stem).read_text())
     meta["classes"] = list(reversed(meta["classes"]))
     _j(stem).write_text(json.dumps(meta))
-    try:
-        ck = checkpoint.load(stem)
-    except CheckpointError:
-        return  # detected
-    assert ck.classes == ["pneumonia", "normal"]
-    pytest.xfail(
-        "gap (by design today): an edited sidecar (classes swapped) loads; see docstring for the fix"
-    )
+    msg = _refused(stem, "sidecar was edited after saving")
+    assert str(_j(stem)) in msg
 
 
 def test_huge_sidecar_not_read_whole(good, tmp_path, monkeypatch):
-    """A multi-GB .json would be read into memory: the loader should check its size first."""
+    """A multi-GB .json would be read into memory: the loader checks its size first."""
     stem = _copy(good, tmp_path)
     with open(_j(stem), "r+b") as fh:  # sparse: 3 GiB of nothing after the JSON object
         fh.seek(3 << 30)
         fh.write(b" ")
-    read_sizes = []
-    real = Path.read_text
+    real_open = Path.open
 
     def spy(self, *a, **k):
-        if self.suffix == ".json":
-            read_sizes.append(self.stat().st_size)
-            if self.stat().st_size > 64 << 20:
-                raise AssertionError("read a > 64 MiB sidecar into memory")
-        return real(self, *a, **k)
+        if self.suffix == ".json" and self.stat().st_size > 64 << 20:
+            raise AssertionError("opened a > 64 MiB sidecar to read it")
+        return real_open(self, *a, **k)
 
-    monkeypatch.setattr(Path, "read_text", spy)
-    try:
-        checkpoint.load(stem)
-    except CheckpointError:
-        return
-    except AssertionError:
-        pytest.xfail(
-            "gap: medclass/checkpoint.py _read_sidecar reads the whole .json whatever its size; "
-            "refuse sidecars over a few MiB (stat first)"
-        )
+    monkeypatch.setattr(Path, "open", spy)
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: spy(self).read())
+    msg = _refused(stem, "MiB")
+    assert str(_j(stem)) in msg
 
 
 def test_oversized_weights_refused_before_reading(good, tmp_path, monkeypatch):
@@ -267,23 +262,22 @@ def test_oversized_weights_refused_before_reading(good, tmp_path, monkeypatch):
     with open(_w(stem), "r+b") as fh:
         fh.seek(8 << 30)  # sparse 8 GiB
         fh.write(b"\0")
-    real = Path.read_bytes
+    real_open, real_read = Path.open, Path.read_bytes
 
-    def spy(self):
-        if self.suffix == ".safetensors" and self.stat().st_size > 1 << 30:
-            raise AssertionError("read an 8 GiB weights file whose sidecar says ~100 MB")
-        return real(self)
+    def big(path: Path) -> bool:
+        return path.suffix == ".safetensors" and path.stat().st_size > 1 << 30
 
-    monkeypatch.setattr(Path, "read_bytes", spy)
-    try:
-        _refused(stem, "truncated or replaced", "size")
-    except AssertionError as exc:
-        if "read an 8 GiB" in str(exc):
-            pytest.xfail(
-                "gap: medclass/checkpoint.py _verified_bytes reads the file before comparing its size: "
-                "compare st_path.stat().st_size with meta['size'] first"
-            )
-        raise
+    def spy_open(self, *a, **k):
+        assert not big(self), "opened an 8 GiB weights file whose sidecar says ~100 MB"
+        return real_open(self, *a, **k)
+
+    def spy_read(self):
+        assert not big(self), "read an 8 GiB weights file whose sidecar says ~100 MB"
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "open", spy_open)
+    monkeypatch.setattr(Path, "read_bytes", spy_read)
+    _refused(stem, "truncated or replaced")
 
 
 # --- special files and links ---------------------------------------------------------------------------

@@ -11,8 +11,10 @@ HELP = "export a checkpoint to ONNX (for medclass score --backend onnxruntime)"
 DESCRIPTION = """\
 Export the checkpoint's main head (the aux head is left out) to ONNX with a dynamic batch axis:
 input 'image' N×3×S×S (preprocessed as the sidecar's 'input' says), output 'logits' N×C. A sidecar
-<out>.json records classes, task, input spec, window, fit, operating point and the weights' sha256; the
-export is checked against torch on a random batch before it is written (atomically).
+<out>.json records classes, task, input spec, window, fit, operating point, the weights' sha256 and the
+.onnx file's own sha256 (scoring refuses a .onnx that does not match it). The export is checked against
+torch on a random batch (max |dlogit| / max(1, max |logit|) <= 1e-4) before it is written; while the
+two files are replaced, the previous export is kept as <out stem>.prev.onnx (+ .json).
 
 Examples:
   medclass export --checkpoint runs/r1/best --format onnx --out model.onnx
@@ -33,6 +35,11 @@ def run(args: argparse.Namespace) -> ExitCode:
     from medclass.export import export_onnx
 
     result = export_onnx(args.checkpoint, args.out, opset=args.opset)
-    diff = "not checked" if result.max_abs_logit_diff is None else f"{result.max_abs_logit_diff:.1e}"
+    rel = result.meta.get("parity_max_rel_logit_diff")
+    diff = (
+        "not checked"
+        if result.max_abs_logit_diff is None
+        else f"{result.max_abs_logit_diff:.1e} (relative {rel:.1e})"
+    )
     print(f"exported {result.path} (+ {result.sidecar.name}); max |Δlogit| vs torch: {diff}")
     return ExitCode.OK
