@@ -8,7 +8,10 @@ settings, storage dtype): a changed file or setting is simply a cache miss.
 
 A row whose file cannot be decoded is skipped with a warning naming the file and the error and is listed
 in :attr:`CachedDataset.errors`; only when *every* row fails is a :class:`~medclass.errors.DataError`
-raised. Augmentation is not done here: it runs on batches of cached tensors (``medclass.train.augment``).
+raised. A row whose path leaves the data root is not a bad file but a bad manifest: every row's path is
+checked before anything is decoded, and :class:`~medclass.errors.UnsafePathError` refuses the whole
+manifest (unless it was loaded with ``allow_outside_root``). Augmentation is not done here: it runs on
+batches of cached tensors (``medclass.train.augment``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medclass.errors import ConfigError, DataError
+from medclass.errors import ConfigError, DataError, UnsafePathError
 from medclass.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -203,16 +206,19 @@ class CachedDataset(Dataset):
     def load(self) -> CachedDataset:
         """Decode (or read from the disk cache) every row once; returns ``self``.
 
-        Raises :class:`DataError` if every row failed (the message names the first failure).
+        Raises :class:`UnsafePathError` (naming the manifest line) before decoding anything if a row's
+        path leaves the data root, and :class:`DataError` if every row failed (the message names the first
+        failure).
         """
         if self._loaded:
             return self
         if not self.rows:
             raise DataError(f"split {self.split!r} of the manifest has no rows", self.manifest.path)
+        paths = self._resolve_rows()
         if self.cache == "none":
-            self._valid = list(range(len(self.rows)))
+            self._valid = [pos for pos, path in enumerate(paths) if path is not None]
         else:
-            self._fill()
+            self._fill(paths)
         self._loaded = True
         return self
 
@@ -250,15 +256,21 @@ class CachedDataset(Dataset):
             return torch.tensor(target, dtype=torch.float32)
         return torch.tensor(int(target), dtype=torch.int64)
 
-    def _fill(self) -> None:
-        fingerprint = preprocess_fingerprint(self.preprocessor)
+    def _resolve_rows(self) -> list[Path | None]:
+        """Every row's file (None for a row skipped as unreadable). Raises :class:`UnsafePathError`."""
         paths: list[Path | None] = []
         for row in self.rows:
             try:
                 paths.append(self.manifest.resolve(row))
-            except Exception as exc:  # unsafe path: skip this row like an unreadable file
+            except UnsafePathError:
+                raise  # a bad manifest, not a bad file: refuse it rather than train on without the row
+            except Exception as exc:  # e.g. a symlink loop: skip this row like an unreadable file
                 paths.append(None)
                 self._fail(row.path, row.frame, _one_line(exc))
+        return paths
+
+    def _fill(self, paths: list[Path | None]) -> None:
+        fingerprint = preprocess_fingerprint(self.preprocessor)
         keys: dict[int, str] = {}
         todo: list[int] = []
         for pos, (row, path) in enumerate(zip(self.rows, paths, strict=True)):

@@ -7,20 +7,41 @@ bug and shows its traceback with ``--traceback``.
 
 from __future__ import annotations
 
+import re
 from os import PathLike
+
+# C0/C1 control characters (newline, NUL, ESC of terminal escape codes...) and the line/paragraph
+# separators that str.splitlines() also breaks on.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``, ``\\u2028``).
+
+    Messages often quote bytes from a file's header; escaped, they cannot break the message's single
+    line or drive the terminal. Text without control characters comes back unchanged.
+    """
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
 class MedclassError(Exception):
     """Base class of every error medclass raises for bad input, configuration or environment.
 
-    ``path`` (optional) is the file the problem is about; it is put in front of the message.
+    ``path`` (optional) is the file the problem is about; it is put in front of the message. Control
+    characters in either are escaped (:func:`escape_control`), so the message is always one line.
     """
 
     kind = "error"
 
     def __init__(self, message: str, path: str | PathLike[str] | None = None) -> None:
-        self.message = message
-        self.path = None if path is None else str(path)
+        self.message = escape_control(str(message))
+        self.path = None if path is None else escape_control(str(path))
         super().__init__(self.__str__())
 
     def __str__(self) -> str:

@@ -2,13 +2,12 @@
 
 By the library (``Manifest.resolve``, ``check_manifest``) and by every command that reads a manifest:
 ``manifest check``, ``train``, ``evaluate`` (checkpoint + manifest), ``score`` (manifest input). The
-opt-in is ``allow_outside_root=True`` in the library; the command line has no such flag (see the report).
+opt-in is ``allow_outside_root=True`` in the library and ``--allow-outside-root`` on those commands.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -169,13 +168,8 @@ def test_cli_train_refuses(tree, tmp_path, kind, cache, capsys):
     code = main(["train", "--manifest", str(m), "--data-root", str(root), "--out", str(run), "--epochs", "1",
                  "--image-size", "75", "--batch-size", "4", "--device", "cpu", "--workers", "0",
                  "--cache", cache, "--no-progress", "--no-tensorboard"])  # fmt: skip
-    if code == 3 and list(run.glob("*.safetensors")):
-        # never read (the row is skipped), but the run trains on without it instead of refusing
-        pytest.xfail(
-            f"gap: with --cache {cache} medclass/dataset.py _fill() skips an UnsafePathError row like an "
-            "unreadable file (train exits 3 'partial'); with --cache none the same manifest is refused"
-        )
-    _assert_refused(code, capsys, secret)
+    err = _assert_refused(code, capsys, secret)
+    assert code == 1 and "m.csv" in err and "line 14" in err, err  # the manifest line is named
     assert not list(run.glob("*.safetensors")), "trained although the manifest escapes the data root"
 
 
@@ -187,16 +181,9 @@ def test_cli_evaluate_refuses(tree, tmp_path, ckpt, kind, capsys):
     out = tmp_path / "ev"
     code = main(["evaluate", "--checkpoint", str(ckpt), "--manifest", str(m), "--data-root", str(root),
                  "--out", str(out), "--bootstrap", "10", "--level", "image"])  # fmt: skip
-    if code == 0:
-        # never read: the row is left out of the predictions...
-        text = (out / "predictions.csv").read_text()
-        assert "secret" not in text
-        # ...but the run goes on with a warning instead of refusing the manifest
-        pytest.xfail(
-            "gap: medclass/dataset.py _fill() skips an UnsafePathError row like an unreadable file "
-            "(warning, exit 0) instead of refusing the manifest"
-        )
-    _assert_refused(code, capsys, secret)
+    err = _assert_refused(code, capsys, secret)
+    assert code == 1 and "m.csv" in err and "line 14" in err, err
+    assert not (out / "predictions.csv").exists()
 
 
 @pytest.mark.slow
@@ -223,14 +210,70 @@ def test_cli_score_manifest_does_not_read_outside(tree, tmp_path, ckpt, kind, ca
     assert code == 3  # partial
 
 
-def test_no_cli_flag_to_allow_outside_root_documented():
-    """Documents the current state: no command offers an opt-in flag (the API does)."""
+def test_cli_flag_allow_outside_root_offered():
+    """Every command that reads a manifest offers the explicit opt-in (off by default)."""
     from medclass.cli import build_parser
+    from medclass.train.config import TrainConfig
 
-    helptext = []
     parser = build_parser()
-    for action in parser._subparsers._group_actions:
-        for _name, sub in action.choices.items():
-            helptext.append(sub.format_help())
-    joined = "\n".join(helptext)
-    assert ("--allow-outside-root" in joined) or os.environ.get("MEDCLASS_ALLOW_OUTSIDE_ROOT") is None
+    subs = {name: sub for action in parser._subparsers._group_actions for name, sub in action.choices.items()}
+    check = next(
+        sub
+        for a in subs["manifest"]._subparsers._group_actions
+        for n, sub in a.choices.items()
+        if n == "check"
+    )
+    for name, sub in (("manifest check", check), ("train", subs["train"]), ("evaluate", subs["evaluate"]),
+                      ("score", subs["score"])):  # fmt: skip
+        assert "--allow-outside-root" in sub.format_help(), name
+    assert TrainConfig().allow_outside_root is False
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink-file"])
+def test_cli_manifest_check_allow_outside_root(tree, kind, capsys):
+    root, rows, secret = tree
+    m = _manifest(root, rows, _bad_path(kind, secret))
+    assert (
+        main(["manifest", "check", str(m), "--data-root", str(root), "--no-hash", "--allow-outside-root"])
+        == 0
+    )
+    assert "data root" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_evaluate_allow_outside_root(tree, tmp_path, ckpt, capsys):
+    """With the explicit opt-in the escaping row is read like any other (and only then)."""
+    import csv
+
+    root, rows, secret = tree
+    m = _manifest(root, rows, _bad_path("dotdot", secret), split="test")
+    out = tmp_path / "ev"
+    code = main(["evaluate", "--checkpoint", str(ckpt), "--manifest", str(m), "--data-root", str(root),
+                 "--out", str(out), "--bootstrap", "10", "--level", "image", "--allow-outside-root"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    ids = [r["image_id"] for r in csv.DictReader((out / "predictions.csv").open())]
+    assert "../outside/secret.png" in ids, ids
+
+
+def test_dataset_refuses_before_decoding(tree):
+    """CachedDataset checks every row's path up front, whatever the cache mode; the opt-in reads it."""
+    from medclass.dataset import CachedDataset
+
+    root, rows, secret = tree
+    decoded = []
+
+    def pre(image):
+        decoded.append(image)
+        return np.zeros((3, 8, 8), np.float32)
+
+    for cache in ("memory", "none"):
+        m = load_manifest(_manifest(root, rows, _bad_path("dotdot", secret), split="train"), root)
+        with pytest.raises(UnsafePathError, match="line 14"):
+            CachedDataset(m, "train", pre, cache=cache, workers=0).load()
+        assert decoded == []
+    m = load_manifest(
+        _manifest(root, rows, _bad_path("dotdot", secret), split="train"), root, allow_outside_root=True
+    )
+    ds = CachedDataset(m, "train", pre, cache="memory", workers=0).load()
+    assert len(ds) == len(m.split("train")) and not ds.errors

@@ -167,3 +167,92 @@ def test_npz_3d_volumes_give_middle_slice(tmp_path):
     imgs = ingest.read(tmp_path / "adrenal.npz")
     assert len(imgs) == 2 and imgs[1].pixels.shape == (4, 4)
     assert imgs[0].pixels.max() == 0 and imgs[1].pixels.min() == 255
+
+
+# --- DICOM: corrupt lengths, non-conformant JPEG, missing decoders ---------------------------------------
+def _ct_small_bytes() -> bytes:
+    from pydicom.data import get_testdata_file
+
+    with open(get_testdata_file("CT_small.dcm", download=False), "rb") as fh:
+        return fh.read()
+
+
+def test_dicom_absurd_element_length_reads_short_not_4gib(tmp_path):
+    """A length field of ~4 GiB in a 40 kB file: no 4 GiB reservation, even under a memory limit."""
+    import struct
+    import subprocess
+    import sys
+
+    data = bytearray(_ct_small_bytes())
+    at = data.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")  # Pixel Data, explicit VR: 32-bit length after VR
+    struct.pack_into("<I", data, at + 8, 0xFFFFFFF0)
+    f = tmp_path / "huge_len.dcm"
+    f.write_bytes(bytes(data))
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from medclass import ingest\n"
+        "from medclass.errors import MedclassError\n"
+        "try:\n"
+        "    print('shape', ingest.read(sys.argv[1])[0].pixels.shape)\n"
+        "except MedclassError as exc:\n"
+        "    print('error', exc.kind, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "MemoryError" not in out.stdout + out.stderr, out.stdout
+    assert out.stdout.startswith(("shape (128, 128)", "error corrupt")), out.stdout
+
+
+def test_dicom_memory_error_while_parsing_is_corrupt(tmp_path, monkeypatch):
+    from medclass.ingest import dicom as dicom_reader
+
+    f = tmp_path / "ct.dcm"
+    f.write_bytes(_ct_small_bytes())
+
+    def no_memory(*_a, **_k):
+        raise MemoryError
+
+    monkeypatch.setattr(dicom_reader, "_pydicom_read", no_memory)
+    with pytest.raises(CorruptFileError, match=r"ct\.dcm: .*declared element length"):
+        ingest.read(f)
+
+
+def test_jpeg_extended_12bit_with_non_sequential_scan_header_decodes():
+    """pydicom's JPEG-lossy.dcm (12-bit JPEG Extended, SOS Se=0): decoded like libjpeg 6b does."""
+    from pydicom.data import get_testdata_file
+
+    img = ingest.read(get_testdata_file("JPEG-lossy.dcm", download=False))[0]
+    assert img.pixels.shape == (1024, 256)
+    assert img.pixels.min() == 0 and 200 < img.pixels.max() < 4096  # a 12-bit NM bone scan (max 264)
+    assert 5 < float(img.pixels.mean()) < 50
+
+
+def test_sequential_scan_fixed_only_touches_bad_scan_headers():
+    from medclass.ingest.dicom import sequential_scan_fixed
+
+    good = (
+        b"\xff\xd8"
+        + b"\xff\xc1\x00\x0b\x0c\x00\x02\x00\x02\x01\x01\x11\x00"
+        + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+        + b"\x12\xff\x00\x34\xff\xd0\x56"
+        + b"\xff\xd9"
+    )
+    assert sequential_scan_fixed(good) is None
+    bad = good.replace(b"\x00\x3f\x00\x12", b"\x00\x00\x00\x12")
+    assert sequential_scan_fixed(bad) == good
+    progressive = bad.replace(b"\xff\xc1", b"\xff\xc2")
+    assert sequential_scan_fixed(progressive) is None  # Ss/Se mean something there
+    assert sequential_scan_fixed(b"not a jpeg") is None
+
+
+def test_jpeg_12bit_without_a_capable_plugin_is_missing_decoder(monkeypatch):
+    """Only Pillow (8-bit JPEG only) available: the file needs a decoder, it is not corrupt."""
+    from pydicom.data import get_testdata_file
+
+    from medclass.errors import MissingDecoderError
+    from medclass.ingest import dicom as dicom_reader
+
+    monkeypatch.setattr(dicom_reader, "plugin_order", lambda decoder, ts: ["pillow"])
+    with pytest.raises(MissingDecoderError, match=r"JPEG-lossy\.dcm: .*12-bit.*pylibjpeg-libjpeg"):
+        ingest.read(get_testdata_file("JPEG-lossy.dcm", download=False))

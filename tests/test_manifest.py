@@ -225,7 +225,8 @@ def test_multilabel_round_trip(tmp_path):
     assert m.classes == m.findings == ["effusion", "nodule"]
     assert [m.target(r) for r in m.rows] == [[1, 0], [0, 1], [1, 1]]
     assert m.rows[2].frame == 2 and m.rows[2].study_id == "s3"
-    assert m.rows[2].extra["view"] == "'=HYPERLINK(1)"  # formula neutralised on write
+    assert "'=HYPERLINK(1)" in first.read_text()  # formula neutralised on write...
+    assert m.rows[2].extra["view"] == "=HYPERLINK(1)"  # ...and read back as written
     second = tmp_path / "ml2.csv"
     write_manifest(second, [row_to_record(r) for r in m.rows])
     assert second.read_bytes() == first.read_bytes()

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", type=Path, help="checkpoint stem (or its .json/.safetensors)")
     src.add_argument("--manifest", type=Path, help="manifest CSV with val and test rows")
     src.add_argument("--data-root", type=Path, help="folder the manifest's paths are relative to")
+    src.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept manifest paths that leave the data root (absolute, '..', symlinks out); "
+        "refused by default",
+    )
     src.add_argument("--predictions", type=Path, help="predictions.csv of an earlier run (no model needed)")
     src.add_argument("--split", default="test", help="split to measure")
     src.add_argument("--val-split", default="val", help="split the threshold/temperature are chosen on")
@@ -90,7 +96,12 @@ def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
     if args.checkpoint is None or args.manifest is None:
         raise ConfigError("give --checkpoint and --manifest (or --predictions FILE from an earlier run)")
     rows = predict_manifest(
-        args.checkpoint, args.manifest, (args.val_split, args.split), args.data_root, args.batch_size
+        args.checkpoint,
+        args.manifest,
+        (args.val_split, args.split),
+        args.data_root,
+        args.batch_size,
+        allow_outside_root=args.allow_outside_root,
     )
     write_predictions(args.out / "predictions.csv", rows)
     from medclass.checkpoint import stem_of

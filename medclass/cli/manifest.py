@@ -129,6 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="unit that must stay in one split (study: a patient's studies may differ)",
     )
     c.add_argument("--max-problems", type=int, default=50, help="list at most this many problems")
+    c.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept paths that leave the data root (absolute, '..', symlinks out); refused by default",
+    )
     c.set_defaults(_action=_check)
 
 
@@ -197,7 +202,7 @@ def _build(args: argparse.Namespace) -> ExitCode:
 def _check(args: argparse.Namespace) -> ExitCode:
     from medclass.manifest import check_manifest, load_manifest
 
-    manifest = load_manifest(args.manifest, args.data_root)
+    manifest = load_manifest(args.manifest, args.data_root, allow_outside_root=args.allow_outside_root)
     report = check_manifest(manifest, classes=args.classes, hash_content=not args.no_hash, group=args.group)
     if not report.ok:
         print(

@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-root", type=Path, help="root of the paths in manifests")
     parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="manifests: score paths that leave the data root (absolute, '..', symlinks out) instead of "
+        "reporting them as failed rows",
+    )
+    parser.add_argument(
         "--slice-policy", default="all", help="which slices of volumes/multi-frame files: all, middle, "
         "index:N, max-foreground",
     )  # fmt: skip
@@ -80,6 +86,7 @@ def _progress(enabled: bool | None) -> Callable[[int, int], Callable[[int], None
 
 
 def run(args: argparse.Namespace) -> ExitCode:
+    from medclass.manifest import outside_root_allowed
     from medclass.score import ScoreConfig, run_scoring
     from medclass.train.steps import tune_cpu_malloc
 
@@ -102,7 +109,8 @@ def run(args: argparse.Namespace) -> ExitCode:
         aggregate=args.aggregate,
         threads=args.threads,
     )
-    report = run_scoring(config, progress=_progress(args.progress))
+    with outside_root_allowed(args.allow_outside_root):  # the manifests among PATHs get the setting
+        report = run_scoring(config, progress=_progress(args.progress))
     c = report.counts
     if report.rank != 0:
         return ExitCode.PARTIAL if c.failed else ExitCode.OK

@@ -59,6 +59,15 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--out", "out", {"metavar": "RUN_DIR", "help": "run folder for checkpoints, metrics and config"}),
     ("--data-root", "data_root", {"metavar": "DIR", "help": "folder the manifest's paths are relative to"}),
     (
+        "--allow-outside-root",
+        "allow_outside_root",
+        {
+            "action": "store_true",
+            "help": "accept manifest paths that leave the data root (absolute, '..', symlinks out); "
+            "refused by default",
+        },
+    ),
+    (
         "--weights",
         "weights",
         {
@@ -215,10 +224,12 @@ def resolve(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> ExitCode:
+    from medclass.manifest import outside_root_allowed
     from medclass.train import train
 
     config = resolve(args)
-    result = train(config, resume=args.resume)
+    with outside_root_allowed(config.allow_outside_root):  # the manifest train() loads gets the setting
+        result = train(config, resume=args.resume)
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:

@@ -44,14 +44,17 @@ def predict_manifest(
     cache: str = "memory",
     workers: int | None = None,
     progress: bool = False,
+    allow_outside_root: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Probabilities of the checkpoint's main head for every row of ``splits`` of the manifest.
 
     Returns predictions rows (``image_id``, pseudonymised ``patient_id``/``study_id``, ``split``, the
     truth as ``label`` or ``finding:<name>``, ``prob:<class>``, and the manifest's other columns). Rows
-    whose file cannot be decoded are skipped with a warning. Raises CheckpointError for a bad checkpoint,
-    ManifestError for a bad manifest, and DataError when the manifest's classes or task differ from the
-    checkpoint's or a split has no decodable rows.
+    whose file cannot be decoded are skipped with a warning. ``allow_outside_root`` (a manifest given as a
+    path; None: off unless the caller opted in) lets manifest paths leave the data root. Raises
+    CheckpointError for a bad checkpoint, ManifestError for a bad manifest (UnsafePathError, naming the
+    line, for a path that leaves the data root: the whole manifest is refused), and DataError when the
+    manifest's classes or task differ from the checkpoint's or a split has no decodable rows.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -66,7 +69,12 @@ def predict_manifest(
     meta = ckpt.meta
     classes, task = list(meta["classes"]), str(meta["task"])
     if isinstance(manifest, (str, os.PathLike)):
-        manifest = load_manifest(manifest, data_root, classes=classes if task == "multiclass" else None)
+        manifest = load_manifest(
+            manifest,
+            data_root,
+            classes=classes if task == "multiclass" else None,
+            allow_outside_root=allow_outside_root,
+        )
     if list(manifest.classes) != classes or str(manifest.task) != task:
         raise DataError(
             f"the manifest has {manifest.task} classes {list(manifest.classes)} but the checkpoint was trained "

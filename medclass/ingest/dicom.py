@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,20 +52,45 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _INSTALL_HINT = "install pylibjpeg-libjpeg (JPEG, JPEG-LS), pylibjpeg-openjpeg (JPEG 2000) or python-gdcm"
 
 
+class _CappedReader(io.BufferedReader):
+    """A binary file whose ``read(n)`` never asks for more than what is left of the file.
+
+    pydicom reads an element's value with ``read(declared length)``, and ``BufferedReader.read(n)``
+    allocates ``n`` bytes before reading: a corrupt length field (up to 4 GiB) in a small file would
+    reserve gigabytes (a MemoryError under a memory limit). Capped, the read just comes back short.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(io.FileIO(os.fspath(path), "r"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = max(0, min(size, self._size - self.tell()))
+        return super().read(size)
+
+
+def _pydicom_read(p: Path, header_only: bool, force: bool = False) -> Any:
+    import pydicom
+
+    with _CappedReader(p) as fh:  # a deferred value is read later by reopening the file by its name
+        return pydicom.dcmread(fh, defer_size="4 KB" if header_only else None, force=force)
+
+
 def dcmread(path: str, *, header_only: bool = False) -> Any:
     """Read a DICOM file with pydicom; pixel data are deferred when ``header_only``.
 
     Raises :class:`UnreadableFileError`, :class:`UnsupportedFormatError` (not DICOM) or
-    :class:`CorruptFileError` (truncated or malformed); pydicom's own exceptions never escape.
+    :class:`CorruptFileError` (truncated or malformed, or a declared element length that cannot be
+    allocated); pydicom's own exceptions never escape.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     p = check_readable(path)
     try:
         with _pydicom_warnings_to_log(path):
             try:
-                ds = pydicom.dcmread(p, defer_size="4 KB" if header_only else None)
+                ds = _pydicom_read(p, header_only)
             except InvalidDicomError:
                 # no preamble/"DICM": accept it only if it starts like a raw DICOM data set
                 from medclass.ingest.base import head_bytes
@@ -71,9 +98,13 @@ def dcmread(path: str, *, header_only: bool = False) -> Any:
 
                 if not _looks_like_raw_dicom(head_bytes(p, 8)):
                     raise
-                ds = pydicom.dcmread(p, defer_size="4 KB" if header_only else None, force=True)
+                ds = _pydicom_read(p, header_only, force=True)
             _ensure_transfer_syntax(ds)
             return ds
+    except MemoryError:
+        raise CorruptFileError(
+            "a declared element length exceeds the memory available (corrupt length field?)", path
+        ) from None
     except InvalidDicomError as exc:
         raise UnsupportedFormatError(f"not a DICOM file ({_one_line(exc)})", path) from exc
     except PermissionError:
@@ -191,31 +222,132 @@ def plugin_order(decoder: Any, ts: str) -> list[str]:
     return safe or list(available)
 
 
+#: JPEG syntaxes whose frames are sequential DCT (SOF0/SOF1): see :func:`sequential_scan_fixed`
+_SEQUENTIAL_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
 def _decode(ds: Any, path: str, index: int | None) -> tuple[np.ndarray, dict[str, Any]]:
     """Decoded stored values (one frame or all) and pydicom's pixel properties after processing.
 
-    Raises :class:`MissingDecoderError` or :class:`CorruptFileError` (every plugin failed: the message
-    lists why).
+    Raises :class:`MissingDecoderError` (no installed plugin supports the data, e.g. 12-bit JPEG
+    Extended with Pillow alone) or :class:`CorruptFileError` (every plugin failed: the message lists why).
     """
     from pydicom.pixels.utils import as_pixel_options
 
     decoder = _decoder(ds, path)
     ts = ds.file_meta.TransferSyntaxUID
     plugins = plugin_order(decoder, ts) if ts.is_compressed else []
+    with _pydicom_warnings_to_log(path):
+        opts = as_pixel_options(ds)
+    result, failures = _try_plugins(decoder, ds, index, plugins, opts, path)
+    if result is not None:
+        return result
+    if str(ts) in _SEQUENTIAL_JPEG:
+        repaired = _repaired_jpeg(ds, opts)
+        if repaired is not None:
+            result, _ = _try_plugins(decoder, repaired, index, plugins, opts, path)
+            if result is not None:
+                log.warning(
+                    "%s: JPEG scan header is not that of a sequential JPEG (Ss/Se/Ah/Al); decoded as "
+                    "sequential, as libjpeg 6b does",
+                    path,
+                )
+                return result
+    if failures and all("does not support" in f for f in failures):
+        bits = opts.get("bits_stored", "?")
+        raise MissingDecoderError(
+            f"no installed plugin decodes {ts.name} with {bits}-bit samples; install pylibjpeg-libjpeg "
+            f"({'; '.join(failures)})",
+            path,
+        )
+    raise CorruptFileError(f"pixel data cannot be decoded ({'; '.join(failures)})", path)
+
+
+def _try_plugins(
+    decoder: Any, src: Any, index: int | None, plugins: list[str], opts: dict[str, Any], path: str
+) -> tuple[tuple[np.ndarray, dict[str, Any]] | None, list[str]]:
+    """The first plugin's ``(array, properties)`` that decodes ``src`` (a data set or encapsulated
+    pixel data), else None and why each failed. Raises :class:`MissingDecoderError`."""
+    ts = decoder.UID
     failures = []
     for plugin in plugins or [""]:
         try:
             with _pydicom_warnings_to_log(path):
-                opts = as_pixel_options(ds)
-                return decoder.as_array(ds, index=index, raw=False, decoding_plugin=plugin, **opts)
+                return decoder.as_array(src, index=index, raw=False, decoding_plugin=plugin, **opts), []
         except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # RuntimeError/ValueError for broken data; Rust plugins panic
             msg = _one_line(exc) or type(exc).__name__
             if "missing dependencies" in msg or "plugins are missing" in msg:
                 raise MissingDecoderError(f"cannot decode {ts.name}; {_INSTALL_HINT}", path) from exc
-            failures.append(f"{plugin}: {msg}" if plugin else msg)
-    raise CorruptFileError(f"pixel data cannot be decoded ({'; '.join(failures)})", path)
+            msg = msg.removeprefix("Unable to decode as exceptions were raised by all available plugins: ")
+            failures.append(f"{plugin}: {msg.removeprefix(plugin + ': ')}" if plugin else msg)
+    return None, failures
+
+
+def _repaired_jpeg(ds: Any, opts: dict[str, Any]) -> bytes | None:
+    """The encapsulated pixel data with every frame's scan header fixed by :func:`sequential_scan_fixed`,
+    or None when no frame needed it (or the data cannot be split into frames)."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    try:
+        frames = list(generate_frames(ds.PixelData, number_of_frames=int(opts.get("number_of_frames") or 1)))
+    except Exception:  # broken encapsulation: the plugins' errors already say so
+        return None
+    fixed = [sequential_scan_fixed(f) for f in frames]
+    if all(f is None for f in fixed):
+        return None
+    return encapsulate([f if f is not None else o for f, o in zip(fixed, frames, strict=True)])
+
+
+def sequential_scan_fixed(frame: bytes) -> bytes | None:
+    """``frame`` (a JPEG stream) with Ss=0, Se=63, Ah=Al=0 in each scan header of a sequential image.
+
+    Some encoders write other values there (``JPEG-lossy.dcm`` of pydicom's test files has Se=0): libjpeg
+    6b only warns and decodes the scan as sequential, newer decoders refuse it. Returns None when there
+    is nothing to fix, the image is not sequential DCT (SOF0/SOF1), or the stream is not understood.
+    """
+    data = bytearray(frame)
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, sequential, changed = 2, False, False
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a SOF
+            sequential = marker in (0xC0, 0xC1)
+        elif marker == 0xDA:  # SOS: Ns, Ns × (Cs, Td/Ta), Ss, Se, Ah/Al
+            if not sequential or pos + 5 > len(data):
+                return None
+            at = pos + 5 + 2 * data[pos + 4]
+            if at + 3 != pos + 2 + length or at + 3 > len(data):
+                return None
+            if bytes(data[at : at + 3]) != b"\x00\x3f\x00":
+                data[at : at + 3] = b"\x00\x3f\x00"
+                changed = True
+            pos += 2 + length
+            while True:  # skip the entropy-coded data up to the next marker (not FF00, not RSTn)
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= len(data):
+                    return bytes(data) if changed else None
+                nxt = data[pos + 1]
+                if nxt == 0 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+                    pos += 1 if nxt == 0xFF else 2
+                    continue
+                break
+            continue
+        pos += 2 + length
+    return bytes(data) if changed else None
 
 
 def padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:

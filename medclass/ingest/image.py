@@ -4,11 +4,16 @@ Values are kept as stored: 8-bit grey 0..255, 16-bit grey PNG 0..65535 (``bits_s
 0..255. An RGB file stays RGB even when its three channels are equal (``meta.photometric`` is ``RGB``;
 the preprocessor decides what to do with it). Palette, grey+alpha and RGBA images drop the alpha
 channel; CMYK becomes RGB. The EXIF orientation tag is applied, so pixels look as a viewer shows them.
+
+Pillow zero-fills the rows of a PNG whose (well-formed) compressed data ends before the height its
+header declares; :func:`png_missing_rows` catches that, and the file is refused as corrupt.
 """
 
 from __future__ import annotations
 
+import struct
 import warnings
+import zlib
 
 import numpy as np
 
@@ -43,6 +48,70 @@ def _open(path: str):
         raise ImageTooLargeError(f"image dimensions too large ({exc})", path) from None
     except Exception as exc:  # UnidentifiedImageError, OSError
         raise CorruptFileError(f"cannot open image ({' '.join(str(exc).split())[:160]})", path) from exc
+
+
+# PNG colour type → samples per pixel; Adam7 passes as (x0, y0, dx, dy)
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+
+def png_missing_rows(data: bytes) -> str | None:
+    """What is missing when the PNG's image data inflates to fewer bytes than its IHDR needs
+    (``"… 40 of 100000 rows"``), else None (also None for anything this does not understand: Pillow
+    judges those).
+
+    Rows are counted for a non-interlaced image, bytes of filtered data for an interlaced one.
+    """
+    if not data.startswith(_PNG_SIG) or data[12:16] != b"IHDR" or len(data) < 33:
+        return None
+    width, height, depth, ctype, _comp, _filt, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if ctype not in _PNG_SAMPLES or not width or not height:
+        return None
+    bpp = _PNG_SAMPLES[ctype] * depth
+
+    def need(w: int, h: int) -> int:
+        return h * (1 + (w * bpp + 7) // 8) if w and h else 0
+
+    if interlace:
+        passes = [
+            need(max(0, -(-(width - x0) // dx)), max(0, -(-(height - y0) // dy))) for x0, y0, dx, dy in _ADAM7
+        ]
+        expected = sum(passes)
+    else:
+        expected = need(width, height)
+    inflater = zlib.decompressobj()
+    got = 0
+    pos = 8
+    try:
+        while pos + 8 <= len(data) and got < expected:
+            length, ctype_bytes = struct.unpack(">I4s", data[pos : pos + 8])
+            if ctype_bytes == b"IEND":
+                break
+            if ctype_bytes == b"IDAT":
+                chunk = data[pos + 8 : pos + 8 + length]
+                while chunk and got < expected:  # inflate in bounded pieces: never holds the image
+                    got += len(inflater.decompress(chunk, 1 << 20))
+                    chunk = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+            pos += 12 + length
+    except zlib.error:
+        return None  # broken stream: Pillow's own error says so
+    if got >= expected:
+        return None
+    if interlace:
+        return f"{got} of {expected} bytes of interlaced data"
+    return f"{got // (1 + (width * bpp + 7) // 8)} of {height} rows"
+
+
+def _check_png_complete(path: str) -> None:
+    """Raises :class:`CorruptFileError` when the PNG's image data is shorter than its header declares."""
+    from pathlib import Path
+
+    missing = png_missing_rows(Path(path).read_bytes())
+    if missing is not None:
+        raise CorruptFileError(f"image data ends after {missing} the PNG header declares", path)
 
 
 def _meta(path: str, fmt: str, photometric: str, shape: tuple[int, ...], bits: int) -> ImageMeta:
@@ -88,6 +157,8 @@ class PilReader(Reader):
                 elif mode == "LA" or mode == "1":
                     im = im.convert("L")
                 arr = np.asarray(im)
+                if self.format == "png":
+                    _check_png_complete(path)
             except MedclassError:
                 raise
             except Exception as exc:  # truncated data shows up here, at load time

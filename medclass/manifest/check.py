@@ -82,14 +82,16 @@ def check_manifest(
     classes: Sequence[str] | None = None,
     hash_content: bool = True,
     group: str = "patient",
-    allow_outside_root: bool = False,
+    allow_outside_root: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
     """Look for every problem in ``manifest`` (see the module docstring); returns a :class:`CheckReport`.
 
     ``classes`` (single-label) are the allowed labels. ``hash_content`` compares file contents across
     splits (each file is read once, streamed). ``group="study"`` (a manifest split by study) does not
-    report a patient whose studies sit in different splits. ``progress(done, total)`` is called while hashing.
+    report a patient whose studies sit in different splits. ``allow_outside_root`` (None: the manifest's
+    own setting) lets paths leave the data root instead of reporting them. ``progress(done, total)`` is
+    called while hashing.
     Raises nothing for problems in the data; they are all in the report.
     """
     report = CheckReport(manifest)

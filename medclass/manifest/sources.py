@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medclass.errors import ManifestError
+from medclass.errors import ManifestError, UnsafePathError
 from medclass.manifest.table import FINDING_PREFIX, SPLITS
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,11 @@ class Collected:
 
 
 def relative_to_root(file: Path, data_root: Path) -> str:
-    """``file`` as a POSIX path relative to ``data_root``; raises :class:`ManifestError` if outside it."""
+    """``file`` as a POSIX path relative to ``data_root``; raises :class:`UnsafePathError` if outside it."""
     full = file.resolve()
     root = data_root.resolve()
     if not full.is_relative_to(root):
-        raise ManifestError(f"is outside the data root {root}; pass a --data-root that contains it", file)
+        raise UnsafePathError(f"is outside the data root {root}; pass a --data-root that contains it", file)
     return full.relative_to(root).as_posix()
 
 

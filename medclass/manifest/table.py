@@ -11,17 +11,19 @@ the ``MEDCLASS_DATA_ROOT`` environment variable, the folder that holds the manif
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 from medclass.errors import ManifestError, UnsafePathError
-from medclass.fileio import write_csv
+from medclass.fileio import restore_cell, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,26 @@ FINDING_PREFIX = "finding:"
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "patient_id", "split")
 KNOWN_COLUMNS: tuple[str, ...] = ("path", "frame", "image_id", "patient_id", "study_id", "split", "label")
 DATA_ROOT_ENV = "MEDCLASS_DATA_ROOT"
+
+# What load_manifest uses when it is not told: the command line sets it (--allow-outside-root) around a
+# stage that loads its own manifest. Off unless a caller opts in explicitly.
+_ALLOW_OUTSIDE_ROOT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "allow_outside_root", default=False
+)
+
+
+@contextlib.contextmanager
+def outside_root_allowed(allow: bool = True) -> Iterator[None]:
+    """Within the block, manifests loaded without an explicit ``allow_outside_root`` get ``allow``.
+
+    For the command line's ``--allow-outside-root`` around stages that load the manifest themselves.
+    """
+    token = _ALLOW_OUTSIDE_ROOT.set(bool(allow))
+    try:
+        yield
+    finally:
+        _ALLOW_OUTSIDE_ROOT.reset(token)
+
 
 Task = Literal["multiclass", "multilabel"]
 
@@ -73,6 +95,8 @@ class Manifest:
     :func:`load_manifest`; multi-label: the finding names in column order); ``findings`` is the same list
     for multi-label manifests and empty otherwise. ``sha256`` is the hash of the file's bytes, recorded with
     every run. ``data_root`` is where relative paths point (already resolved from argument / env / folder).
+    ``allow_outside_root`` is what :meth:`resolve` does by default with a path that leaves the data root
+    (False: refuse it).
     """
 
     path: Path
@@ -83,6 +107,7 @@ class Manifest:
     sha256: str
     data_root: Path
     columns: list[str]
+    allow_outside_root: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -100,12 +125,15 @@ class Manifest:
         assert row.label is not None
         return self.classes.index(row.label)
 
-    def resolve(self, row: ManifestRow, *, allow_outside_root: bool = False) -> Path:
+    def resolve(self, row: ManifestRow, *, allow_outside_root: bool | None = None) -> Path:
         """The file of ``row`` under :attr:`data_root`.
 
         Raises :class:`UnsafePathError` (naming the manifest line) for an absolute path, a ``..`` component
-        or a symlink that resolves outside the data root, unless ``allow_outside_root`` is set.
+        or a symlink that resolves outside the data root, unless ``allow_outside_root`` is set (None: the
+        manifest's own :attr:`allow_outside_root`).
         """
+        if allow_outside_root is None:
+            allow_outside_root = self.allow_outside_root
         return resolve_path(
             row.path,
             self.data_root,
@@ -162,10 +190,14 @@ def load_manifest(
     data_root: str | os.PathLike[str] | None = None,
     *,
     classes: Sequence[str] | None = None,
+    allow_outside_root: bool | None = None,
 ) -> Manifest:
     """Read and validate a manifest CSV.
 
     ``classes`` (single-label only) fixes the class list and order; labels outside it are errors.
+    ``allow_outside_root`` becomes :attr:`Manifest.allow_outside_root` (None: off, unless inside
+    :func:`outside_root_allowed`). Cells that :func:`~medclass.fileio.safe_cell` neutralised when the
+    file was written (``'=x``, ``'+ve``) read back as written (``=x``, ``+ve``).
     Returns a :class:`Manifest`. Raises :class:`ManifestError` naming the file and line for an unreadable
     or empty file, a missing column, a split other than train/val/test, an empty path/patient/label, a
     finding value other than 0/1, a bad frame number, or an unknown label. Paths are checked against the
@@ -181,7 +213,7 @@ def load_manifest(
     except UnicodeDecodeError as exc:
         raise ManifestError(f"not UTF-8 text (byte {exc.start})", path) from exc
     reader = csv.DictReader(text.splitlines(keepends=True))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
+    columns = [restore_cell(c.strip()) for c in (reader.fieldnames or [])]
     if not columns:
         raise ManifestError("empty manifest (no header line)", path)
     if len(set(columns)) != len(columns):
@@ -240,6 +272,7 @@ def load_manifest(
         sha256=hashlib.sha256(data).hexdigest(),
         data_root=resolve_data_root(path, data_root),
         columns=columns,
+        allow_outside_root=_ALLOW_OUTSIDE_ROOT.get() if allow_outside_root is None else allow_outside_root,
     )
 
 
@@ -247,7 +280,7 @@ def _parse_row(
     raw: Mapping[str, str | None], line: int, path: Path, findings: list[str], extra_cols: list[str]
 ) -> ManifestRow:
     def cell(name: str) -> str:
-        return (raw.get(name) or "").strip()
+        return restore_cell((raw.get(name) or "").strip())
 
     for col in ("path", "patient_id", "split"):
         if not cell(col):

@@ -95,11 +95,16 @@ def _expand_source(source: object, policy: object) -> list[WorkItem]:
     return [WorkItem(_abs(paths[0]), i) for i in indices]
 
 
-def _expand_manifest(path: Path, data_root: str | os.PathLike[str] | None, policy: object) -> list[WorkItem]:
+def _expand_manifest(
+    path: Path,
+    data_root: str | os.PathLike[str] | None,
+    policy: object,
+    allow_outside_root: bool | None = None,
+) -> list[WorkItem]:
     from medclass import ingest
     from medclass.manifest import load_manifest
 
-    manifest = load_manifest(path, data_root)
+    manifest = load_manifest(path, data_root, allow_outside_root=allow_outside_root)
     out: list[WorkItem] = []
     for row in manifest.rows:
         hints = {"patient_id": row.patient_id, "study_id": row.study_id}
@@ -121,8 +126,13 @@ def expand_inputs(
     *,
     slice_policy: str = "all",
     data_root: str | os.PathLike[str] | None = None,
+    allow_outside_root: bool | None = None,
 ) -> list[WorkItem]:
     """The ordered, de-duplicated work items for ``paths`` (order of the arguments, folders in name order).
+
+    A manifest row whose path leaves the data root becomes an item carrying that error, unless
+    ``allow_outside_root`` (None: off unless the caller is inside
+    :func:`medclass.manifest.outside_root_allowed`).
 
     Raises :class:`~medclass.errors.ConfigError` for an unknown slice policy and
     :class:`~medclass.errors.ManifestError` for a malformed manifest; a bad image file never raises (its
@@ -135,7 +145,7 @@ def expand_inputs(
     for raw in paths:
         p = Path(raw)
         if _is_manifest(p):
-            items.extend(_expand_manifest(p, data_root, policy))
+            items.extend(_expand_manifest(p, data_root, policy, allow_outside_root))
             continue
         for source in ingest.discover([p]):
             items.extend(_expand_source(source, policy))

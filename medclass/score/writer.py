@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from medclass.errors import ConfigError, DataError
-from medclass.fileio import _FORMULA_START, atomic_write, atomic_write_text, safe_cell
+from medclass.fileio import atomic_write, atomic_write_text, restore_cell, safe_cell
 from medclass.score.inputs import clean_text, item_key
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,6 @@ def score_columns(classes: Sequence[str]) -> list[str]:
 def row_key(row: dict[str, Any]) -> str:
     """The stable key of a written row (``path#frame``)."""
     return item_key(str(row.get("path", "")), row.get("frame"))
-
-
-def _unsafe_cell(value: str) -> str:
-    """Undo :func:`~medclass.fileio.safe_cell` on a cell read back from CSV."""
-    if value.startswith("'") and value[1:].startswith(_FORMULA_START):
-        return value[1:]
-    return value
 
 
 class RowLog:
@@ -187,7 +180,7 @@ class CsvLog(RowLog):
         values = next(csv.reader([line]))
         if len(values) != len(self.columns):
             raise ValueError(f"{len(values)} cells for {len(self.columns)} columns")
-        return {c: _unsafe_cell(v) for c, v in zip(self.columns, values, strict=True)}
+        return {c: restore_cell(v) for c, v in zip(self.columns, values, strict=True)}
 
 
 class JsonlLog(RowLog):
@@ -246,7 +239,7 @@ def read_scores(path: Path | str, fmt: str | None = None) -> list[dict[str, Any]
         return pq.read_table(path).to_pylist()
     if fmt == "csv":
         with open(path, encoding="utf-8", newline="") as fh:
-            return [{k: _unsafe_cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+            return [{k: restore_cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
     if fmt == "jsonl":
         return JsonlLog(path, []).read()
     raise ConfigError(f"unknown scores format {fmt!r}; valid: {', '.join(FORMATS)}", path)

@@ -135,6 +135,9 @@ def _generate(out_dir: str | Path, fmt: str, n_patients: int, images_per_patient
     t0 = time.perf_counter()
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = root / "lesions.json", root / "labels.csv"
+    for marker in (csv_path, json_path):  # regenerating: an old completion marker must not outlive this run
+        marker.unlink(missing_ok=True)
     label_rng, hdr_rng, pix_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     positive = np.zeros(n_patients, bool)
     positive[label_rng.permutation(n_patients)[: round(n_patients * positive_fraction)]] = True
@@ -164,7 +167,6 @@ def _generate(out_dir: str | Path, fmt: str, n_patients: int, images_per_patient
                 rel, ids.patient_id, ids.study_uid, ids.series_uid, ids.sop_uid, LABELS[int(positive[p])],
                 ph.lesion, enc.rows, enc.cols, enc.photometric, enc.bits_stored, enc.bits_allocated, enc.syntax,
                 enc.modality, enc.view, ids.sex, enc.slope, enc.intercept, center, width, pad, ph.anatomy))  # fmt: skip
-    json_path, csv_path = root / "lesions.json", root / "labels.csv"
     _write_truth(records, seed, json_path, csv_path)
     seconds = time.perf_counter() - t0
     logger.info(

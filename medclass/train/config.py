@@ -54,6 +54,7 @@ class TrainConfig:
     manifest: str = ""
     out: str = ""
     data_root: str | None = None
+    allow_outside_root: bool = False  # accept manifest paths that leave data_root (refused by default)
     weights: str | None = None  # local pretrained weights; None = random init
     model_name: str = "inception_v3"
     epochs: int = 20
