@@ -86,7 +86,6 @@ def _progress(enabled: bool | None) -> Callable[[int, int], Callable[[int], None
 
 
 def run(args: argparse.Namespace) -> ExitCode:
-    from medclass.manifest import outside_root_allowed
     from medclass.score import ScoreConfig, run_scoring
     from medclass.train.steps import tune_cpu_malloc
 
@@ -106,11 +105,11 @@ def run(args: argparse.Namespace) -> ExitCode:
         device=args.device,
         slice_policy=args.slice_policy,
         data_root=args.data_root,
+        allow_outside_root=args.allow_outside_root,
         aggregate=args.aggregate,
         threads=args.threads,
     )
-    with outside_root_allowed(args.allow_outside_root):  # the manifests among PATHs get the setting
-        report = run_scoring(config, progress=_progress(args.progress))
+    report = run_scoring(config, progress=_progress(args.progress))
     c = report.counts
     if report.rank != 0:
         return ExitCode.PARTIAL if c.failed else ExitCode.OK

@@ -224,12 +224,10 @@ def resolve(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> ExitCode:
-    from medclass.manifest import outside_root_allowed
     from medclass.train import train
 
     config = resolve(args)
-    with outside_root_allowed(config.allow_outside_root):  # the manifest train() loads gets the setting
-        result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume)
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:

@@ -11,13 +11,11 @@ the ``MEDCLASS_DATA_ROOT`` environment variable, the folder that holds the manif
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import csv
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
@@ -32,26 +30,6 @@ FINDING_PREFIX = "finding:"
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "patient_id", "split")
 KNOWN_COLUMNS: tuple[str, ...] = ("path", "frame", "image_id", "patient_id", "study_id", "split", "label")
 DATA_ROOT_ENV = "MEDCLASS_DATA_ROOT"
-
-# What load_manifest uses when it is not told: the command line sets it (--allow-outside-root) around a
-# stage that loads its own manifest. Off unless a caller opts in explicitly.
-_ALLOW_OUTSIDE_ROOT: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "allow_outside_root", default=False
-)
-
-
-@contextlib.contextmanager
-def outside_root_allowed(allow: bool = True) -> Iterator[None]:
-    """Within the block, manifests loaded without an explicit ``allow_outside_root`` get ``allow``.
-
-    For the command line's ``--allow-outside-root`` around stages that load the manifest themselves.
-    """
-    token = _ALLOW_OUTSIDE_ROOT.set(bool(allow))
-    try:
-        yield
-    finally:
-        _ALLOW_OUTSIDE_ROOT.reset(token)
-
 
 Task = Literal["multiclass", "multilabel"]
 
@@ -190,13 +168,13 @@ def load_manifest(
     data_root: str | os.PathLike[str] | None = None,
     *,
     classes: Sequence[str] | None = None,
-    allow_outside_root: bool | None = None,
+    allow_outside_root: bool = False,
 ) -> Manifest:
     """Read and validate a manifest CSV.
 
     ``classes`` (single-label only) fixes the class list and order; labels outside it are errors.
-    ``allow_outside_root`` becomes :attr:`Manifest.allow_outside_root` (None: off, unless inside
-    :func:`outside_root_allowed`). Cells that :func:`~medclass.fileio.safe_cell` neutralised when the
+    ``allow_outside_root`` becomes :attr:`Manifest.allow_outside_root`.
+    Cells that :func:`~medclass.fileio.safe_cell` neutralised when the
     file was written (``'=x``, ``'+ve``) read back as written (``=x``, ``+ve``).
     Returns a :class:`Manifest`. Raises :class:`ManifestError` naming the file and line for an unreadable
     or empty file, a missing column, a split other than train/val/test, an empty path/patient/label, a
@@ -272,7 +250,7 @@ def load_manifest(
         sha256=hashlib.sha256(data).hexdigest(),
         data_root=resolve_data_root(path, data_root),
         columns=columns,
-        allow_outside_root=_ALLOW_OUTSIDE_ROOT.get() if allow_outside_root is None else allow_outside_root,
+        allow_outside_root=allow_outside_root,
     )
 
 

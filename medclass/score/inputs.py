@@ -99,7 +99,7 @@ def _expand_manifest(
     path: Path,
     data_root: str | os.PathLike[str] | None,
     policy: object,
-    allow_outside_root: bool | None = None,
+    allow_outside_root: bool = False,
 ) -> list[WorkItem]:
     from medclass import ingest
     from medclass.manifest import load_manifest
@@ -126,13 +126,12 @@ def expand_inputs(
     *,
     slice_policy: str = "all",
     data_root: str | os.PathLike[str] | None = None,
-    allow_outside_root: bool | None = None,
+    allow_outside_root: bool = False,
 ) -> list[WorkItem]:
     """The ordered, de-duplicated work items for ``paths`` (order of the arguments, folders in name order).
 
     A manifest row whose path leaves the data root becomes an item carrying that error, unless
-    ``allow_outside_root`` (None: off unless the caller is inside
-    :func:`medclass.manifest.outside_root_allowed`).
+    ``allow_outside_root``.
 
     Raises :class:`~medclass.errors.ConfigError` for an unknown slice policy and
     :class:`~medclass.errors.ManifestError` for a malformed manifest; a bad image file never raises (its

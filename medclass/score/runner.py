@@ -48,6 +48,7 @@ class ScoreConfig:
     device: str = "auto"
     slice_policy: str = "all"
     data_root: Path | None = None
+    allow_outside_root: bool = False  # manifests among paths may point outside data_root
     aggregate: str = "mean"
     threads: int | None = None  # torch intra-op threads in this process; None: see _threads()
 
@@ -210,7 +211,12 @@ def _run(
         output.clear()
     dist.barrier()
 
-    items = expand_inputs(config.paths, slice_policy=config.slice_policy, data_root=config.data_root)
+    items = expand_inputs(
+        config.paths,
+        slice_policy=config.slice_policy,
+        data_root=config.data_root,
+        allow_outside_root=config.allow_outside_root,
+    )
     if not items:
         raise ConfigError(f"no images found in {', '.join(map(str, config.paths))}")
     mine = shard(items, dist.rank, dist.world_size)

@@ -145,7 +145,9 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
     seed_everything(config.seed)
     if ctx.device.type == "cpu" and tune_cpu_malloc():
         log.debug("glibc malloc thresholds raised for CPU training")
-    manifest = load_manifest(Path(config.manifest), config.data_root)
+    manifest = load_manifest(
+        Path(config.manifest), config.data_root, allow_outside_root=config.allow_outside_root
+    )
     saved_path = run_dir / "config.yaml"
     start_epoch, tracker, history = 0, _Tracker(config.patience), []
     if resume:  # checked before any decoding or model building
