@@ -195,15 +195,15 @@ class ExplainRun:
         self, ckpt: Any, explainer: Any, settings: Settings, out: Path, metrics_doc: Any = None
     ) -> None:
         from medclass.explain import Overlay, layer_grid
-        from medclass.preprocess import InputSpec, Preprocessor
+        from medclass.preprocess import Preprocessor
         from medclass.report.clinician import ModelCard, merge_evaluation, operating_points_from_meta
 
         self.ckpt, self.explainer, self.s, self.out = ckpt, explainer, settings, Path(out)
         meta = ckpt.meta
         self.classes = ckpt.classes or [str(i) for i in range(int(meta.get("num_classes", 0)))]
-        spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()})
         self.window = meta.get("window", "auto")
-        self.preprocessor = Preprocessor(spec, window=self.window, fit=meta.get("fit", "letterbox"))
+        self.preprocessor = Preprocessor.from_meta(meta)
+        spec = self.preprocessor.spec
         self.size = spec.size
         self.grid = layer_grid(ckpt.model, settings.layer, spec.size)
         self.overlay = Overlay(settings.colormap, settings.opacity, settings.top_percent)

@@ -150,7 +150,7 @@ def grad_cam_hits(
     from medclass.explain import Explainer, layer_grid
     from medclass.ingest import read
     from medclass.manifest import load_manifest
-    from medclass.preprocess import InputSpec, Preprocessor
+    from medclass.preprocess import Preprocessor
 
     ckpt = checkpoints.load(Path(checkpoint))
     meta = ckpt.meta
@@ -158,16 +158,14 @@ def grad_cam_hits(
     if positive_class not in classes:
         raise DataError(f"class {positive_class!r} is not one of the checkpoint's classes {classes}")
     target = classes.index(positive_class)
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()}
-    spec = InputSpec(**fields)
-    pre = Preprocessor(spec, window=meta.get("window", "auto"), fit=meta.get("fit", "letterbox"))
+    pre = Preprocessor.from_meta(meta)
     lesions = read_lesions(lesions_json)
     m = load_manifest(manifest, data_root)
     rows = [r for r in m.rows if r.split == split and str(r.path) in lesions]
     if not rows:
         raise DataError(f"no {split} image has a recorded lesion in {lesions_json}", manifest)
     model = ckpt.model
-    grid = layer_grid(model, layer, spec.size)
+    grid = layer_grid(model, layer, pre.spec.size)
     explainer = Explainer(model, method=method, layer=layer, batch_size=batch_size, task=str(meta["task"]))
     hits: list[Hit] = []
     for start in range(0, len(rows), batch_size):

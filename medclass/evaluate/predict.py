@@ -44,7 +44,7 @@ def predict_manifest(
     cache: str = "memory",
     workers: int | None = None,
     progress: bool = False,
-    allow_outside_root: bool | None = None,
+    allow_outside_root: bool = False,
 ) -> list[dict[str, Any]]:
     """Probabilities of the checkpoint's main head for every row of ``splits`` of the manifest.
 
@@ -63,7 +63,7 @@ def predict_manifest(
     from medclass.dataset import CachedDataset
     from medclass.manifest import load_manifest
     from medclass.model import predict_proba
-    from medclass.preprocess import InputSpec, Preprocessor
+    from medclass.preprocess import Preprocessor
 
     ckpt = checkpoints.load(Path(checkpoint))
     meta = ckpt.meta
@@ -81,12 +81,7 @@ def predict_manifest(
             f"on {task} classes {classes}",
             getattr(manifest, "path", None),
         )
-    spec_fields: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()
-    }
-    preprocessor = Preprocessor(
-        InputSpec(**spec_fields), window=meta.get("window", "auto"), fit=meta.get("fit", "letterbox")
-    )
+    preprocessor = Preprocessor.from_meta(meta)
     model = ckpt.model.to(device)
     if device == "cpu":
         model = model.to(memory_format=torch.channels_last)

@@ -240,4 +240,8 @@ class Explainer:
 
     def _n_classes(self) -> int:
         fc = bare_model(self.model).fc
-        return int(fc.out_features) if isinstance(fc, nn.Linear) else int(fc.weight.shape[0])
+        weight = fc.weight if isinstance(fc, nn.Module) else None
+        if isinstance(fc, nn.Linear):
+            return int(fc.out_features)
+        assert isinstance(weight, torch.Tensor), "Inception V3 ends in a layer with weights"
+        return int(weight.shape[0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -83,6 +84,7 @@ def secondary_capture(
     study_uid = meta.study_uid or str(src.get("StudyInstanceUID", ""))
     if not study_uid or not meta.sop_uid:
         raise InputError("the source has no Study/SOP Instance UID to reference", meta.source)
+    patient: dict[str, Any]
     if include_phi:
         patient = dict(
             patient_id=str(src.get("PatientID", "")) or None,
@@ -97,7 +99,7 @@ def secondary_capture(
         )
     else:
         patient = dict(patient_id=pseudonym(meta.patient_id) or "ANONYMIZED", patient_name=ANONYMIZED)
-    spacing = tuple(float(v) for v in meta.pixel_spacing) if meta.pixel_spacing else None
+    spacing = (float(meta.pixel_spacing[0]), float(meta.pixel_spacing[1])) if meta.pixel_spacing else None
     sc = hd.sc.SCImage(
         pixel_array=np.ascontiguousarray(overlay_rgb),
         photometric_interpretation="RGB",
@@ -115,7 +117,7 @@ def secondary_capture(
     )
     sc.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the description's dash, names in any script
     sc.SeriesDescription = series_description(method)
-    sc.Laterality = str(src.get("Laterality", "")) or None  # Type 2C; empty when unknown
+    sc.Laterality = str(src.get("Laterality", "")) or None  # type: ignore[assignment]  # Type 2C: empty when unknown
     sc.Modality = str(src.get("Modality", "")) or "OT"
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
     sc.DerivationDescription = f"medclass {__version__} {method} saliency overlay on the source image"[:1024]
@@ -177,7 +179,7 @@ def scores_sr(
     from highdicom.sr import CodedConcept
 
     src = read_source_header(meta) if source is None else source
-    items = [
+    items: list[hd.sr.ContentItem] = [
         hd.sr.TextContentItem(
             name=CodedConcept("121071", "DCM", "Finding"),
             value=f"medclass classifier scores; saliency by {method} for {explained_class}. Not for diagnostic use."[
@@ -196,7 +198,7 @@ def scores_sr(
             )
         )
     root = hd.sr.ContainerContentItem(name=_concept("report", "medclass classification scores"))
-    root.ContentSequence = items
+    root.ContentSequence = items  # type: ignore[assignment]  # highdicom converts the list
     sr = hd.sr.ComprehensiveSR(
         evidence=[src],
         content=root,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -116,6 +118,12 @@ class Preprocessor:
         self.fitter = FitTransform(spec.size, fit, spec.interpolation)
         self.to_channels = ToChannels()
         self.normalize = Normalize(spec.mean, spec.std)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Preprocessor:
+        """The preprocessor a checkpoint was trained with: its sidecar's ``input``, ``window`` and ``fit``."""
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()}
+        return cls(InputSpec(**fields), window=meta.get("window", "auto"), fit=meta.get("fit", "letterbox"))
 
     def __call__(self, image: Image) -> Prepared:
         display, window = self.windowing(image)  # H×W(×3), 0..1

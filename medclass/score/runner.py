@@ -115,12 +115,9 @@ def load_meta(config: ScoreConfig) -> tuple[dict[str, Any], Any]:
 
 
 def make_preprocessor(meta: dict[str, Any]) -> Any:
-    from medclass.preprocess import InputSpec, Preprocessor
+    from medclass.preprocess import Preprocessor
 
-    spec: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()}
-    return Preprocessor(
-        InputSpec(**spec), window=meta.get("window", "auto"), fit=meta.get("fit", "letterbox")
-    )
+    return Preprocessor.from_meta(meta)
 
 
 def _threads(config: ScoreConfig, workers: int, world_size: int) -> int:
