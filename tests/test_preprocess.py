@@ -508,3 +508,21 @@ def test_preprocessor_pickles_for_worker_processes(spec):
         prep = Preprocessor(spec, window, "crop")
         clone = pickle.loads(pickle.dumps(prep))
         np.testing.assert_array_equal(clone(image).array, prep(image).array)
+
+
+def test_preprocessor_from_checkpoint_meta_rebuilds_the_training_preprocessing():
+    spec = input_spec(image_size=128)
+    meta = {
+        "input": {
+            "size": 128,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "interpolation": spec.interpolation,
+            "model_name": spec.model_name,
+        },
+        "window": "lung",
+        "fit": "crop",
+    }  # fmt: skip  (JSON gives lists)
+    pre = Preprocessor.from_meta(meta)
+    assert pre.spec == spec and pre.window == "lung" and pre.fit == "crop"
+    assert Preprocessor.from_meta({"input": meta["input"]}).fit == "letterbox"
