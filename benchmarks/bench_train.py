@@ -47,11 +47,12 @@ def _medclass_step_fn(args, device, precision):
     from medclass.train.config import TrainConfig
     from medclass.train.loop import build_optimizer, lr_lambda
     from medclass.train.objective import InceptionLoss
+    from medclass.train.setup import backbone_lr_scale
     from medclass.train.steps import StepRunner
 
     cfg = TrainConfig(manifest="-", out="-", lr=1e-3, precision=precision, image_size=args.image_size)
     model = create_model(2, aux_logits=True, image_size=args.image_size)
-    groups = apply_mode(model, "full", backbone_lr_scale=cfg.backbone_lr_scale)
+    groups = apply_mode(model, "full", backbone_lr_scale=backbone_lr_scale(cfg))
     to_device(model, device, channels_last=True)
     opt = build_optimizer(cfg, groups)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(10_000, 100, cfg.min_lr_ratio))
