@@ -229,6 +229,43 @@ def test_affine_fills_with_black_and_moves_a_blob():
     assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
 
 
+
+def test_fast_augment_matches_the_textbook_formulas():
+    """The cached-grid affine equals ``F.affine_grid`` + ``grid_sample``; the one-pass intensity jitter
+    equals un-normalise → (p - centre)·c + centre + b → clamp → normalise."""
+    import math
+
+    import torch.nn.functional as F
+
+    from medclass.train.augment import RandomIntensity, _affine_grid
+
+    torch.manual_seed(0)
+    a = torch.tensor([0.3, -0.1])
+    s = torch.tensor([1.1, 0.9])
+    theta = torch.stack(
+        [
+            torch.stack([torch.cos(a) / s, -torch.sin(a) / s, torch.tensor([0.05, -0.1])], 1),
+            torch.stack([torch.sin(a) / s, torch.cos(a) / s, torch.tensor([0.0, 0.08])], 1),
+        ],
+        1,
+    )
+    ref = F.affine_grid(theta, [2, 3, 37, 53], align_corners=False)
+    assert torch.allclose(_affine_grid(theta, 37, 53), ref, atol=1e-6)
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.randn(4, 3, 24, 24) * 1.5
+    out = RandomIntensity(0.1, 0.2, mean, std)(x, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)  # the same draws, in the same order
+    b = (torch.rand(4, generator=g) * 0.2 - 0.1).view(4, 1, 1, 1)
+    c = (torch.rand(4, generator=g) * 0.4 + 0.8).view(4, 1, 1, 1)
+    m, sd = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    p = x * sd + m
+    centre = p.mean(dim=(1, 2, 3), keepdim=True)
+    expected = (((p - centre) * c + centre + b).clamp(0, 1) - m) / sd
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert not math.isclose(float((out - x).abs().max()), 0.0)
+
+
 # --- end to end through the loop (tiny: 75 px, 8 train + 4 val images, batch 4) --------------------------
 
 from test_dataset import make_png_set  # noqa: E402

@@ -52,13 +52,33 @@ class RandomAffine:
         theta = torch.stack(
             [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
         ).to(device=x.device, dtype=torch.float32)  # N×2×3
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = _affine_grid(theta, x.shape[-2], x.shape[-1])
         fill = torch.tensor(self.fill, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         # Sample (x - fill) with zero padding, then add fill back: outside pixels become `fill`.
         out = F.grid_sample(
             x - fill, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
         )
-        return out + fill
+        return out.add_(fill)
+
+
+def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (N, C, h, w), align_corners=False)`` as one batched matmul against a
+    cached H·W×3 base grid (affine_grid builds the base per call: a third of the augmentation's time)."""
+    base = _base_grid(h, w, theta.device)
+    return torch.matmul(base, theta.transpose(1, 2)).view(theta.shape[0], h, w, 2)
+
+
+_BASE_GRIDS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _base_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
+    key = (h, w, str(device))
+    if key not in _BASE_GRIDS:
+        ys = (torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1  # pixel centres, align_corners=False
+        xs = (torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        _BASE_GRIDS[key] = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(h * w, 3).to(device)
+    return _BASE_GRIDS[key]
 
 
 class RandomIntensity:
@@ -84,10 +104,11 @@ class RandomIntensity:
         c = _uniform(n, 1 - self.contrast, 1 + self.contrast, gen).to(x.device, x.dtype).view(n, 1, 1, 1)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        p = x * std + mean  # 0..1 intensities
-        centre = p.mean(dim=(1, 2, 3), keepdim=True)
-        p = ((p - centre) * c + centre + b).clamp_(0.0, 1.0)
-        return (p - mean) / std
+        # p = x·std + mean (intensities); p' = (p - centre)·c + centre + b = x·(std·c) + (mean·c + k),
+        # k = centre·(1 - c) + b, with centre = mean of p, known from x's channel means: one pass writes p'.
+        centre = (x.mean(dim=(2, 3), keepdim=True) * std + mean).mean(dim=1, keepdim=True)
+        p = torch.addcmul(mean * c + centre * (1 - c) + b, x, std * c)
+        return p.clamp_(0.0, 1.0).sub_(mean).div_(std)
 
 
 class Compose:

@@ -73,9 +73,15 @@ class StepRunner:
         self.sync_every = sync_every
         self._params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
 
-    def _inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(
+        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch on the device, augmented (when ``gen`` is given), in the model's memory format (after
+        the augmentation: grid_sample returns NCHW whatever it is given)."""
         non_blocking = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=non_blocking)
+        if self.augment is not None and gen is not None:
+            x = self.augment(x, gen)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=non_blocking)
@@ -84,9 +90,7 @@ class StepRunner:
         self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimiser step on batch ``x`` (N×3×S×S), ``y``. Returns detached (total, main, aux) losses."""
-        x, y = self._inputs(x, y)
-        if self.augment is not None and gen is not None:
-            x = self.augment(x, gen)
+        x, y = self._inputs(x, y, gen)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.precision):
             main, aux = forward_train(self.model, x)  # N×C, N×C | None
