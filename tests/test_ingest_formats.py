@@ -256,3 +256,63 @@ def test_jpeg_12bit_without_a_capable_plugin_is_missing_decoder(monkeypatch):
     monkeypatch.setattr(dicom_reader, "plugin_order", lambda decoder, ts: ["pillow"])
     with pytest.raises(MissingDecoderError, match=r"JPEG-lossy\.dcm: .*12-bit.*pylibjpeg-libjpeg"):
         ingest.read(get_testdata_file("JPEG-lossy.dcm", download=False))
+
+
+# --- reduced-resolution JPEG decoding (the min_size hint) ------------------------------------------------
+
+
+def _gradient_jpeg(path, w: int, h: int, orientation: int | None = None) -> None:
+    yy, xx = np.mgrid[:h, :w]
+    arr = ((xx * 200 // w) + (yy * 50 // h)).astype(np.uint8)
+    im = PILImage.fromarray(arr, "L")
+    exif = PILImage.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    im.save(path, quality=95, exif=exif.tobytes())
+
+
+def test_jpeg_min_size_decodes_at_a_power_of_two_scale(tmp_path):
+    p = tmp_path / "big.jpg"
+    _gradient_jpeg(p, 1600, 1200)
+    full = ingest.read_frame(p, 0)
+    half = ingest.read_frame(p, 0, min_size=500)  # 1/2: 800×600 (1/4 would make the short side 300)
+    quarter = ingest.read_frame(p, 0, min_size=299)  # 1/4: 400×300 ≥ 299 (1/8 would be 150)
+    assert full.pixels.shape == (1200, 1600) and full.meta.decoded_scale == 1.0
+    assert half.pixels.shape == (600, 800) and half.meta.decoded_scale == 0.5
+    assert quarter.pixels.shape == (300, 400) and quarter.meta.decoded_scale == 0.25
+    for im in (half, quarter):
+        assert im.meta.original_shape == (1200, 1600)
+        block = round(1 / im.meta.decoded_scale)
+        means = full.pixels.reshape(im.pixels.shape[0], block, im.pixels.shape[1], block).mean(axis=(1, 3))
+        assert np.abs(means - im.pixels).mean() < 1.5  # the same picture, block-averaged
+    # too small to shrink, PNG, or no hint: decoded as stored
+    assert ingest.read_frame(p, 0, min_size=700).meta.decoded_scale == 1.0
+    png = tmp_path / "big.png"
+    PILImage.fromarray(full.pixels.astype(np.uint8)).save(png)
+    assert ingest.read_frame(png, 0, min_size=299).pixels.shape == (1200, 1600)
+
+
+def test_jpeg_min_size_with_exif_rotation_keeps_the_viewer_orientation(tmp_path):
+    p = tmp_path / "rot.jpg"
+    _gradient_jpeg(p, 1600, 1200, orientation=6)  # stored landscape, shown portrait
+    full = ingest.read_frame(p, 0)
+    small = ingest.read_frame(p, 0, min_size=299)
+    assert full.pixels.shape == (1600, 1200)
+    assert small.pixels.shape == (400, 300) and small.meta.original_shape == (1600, 1200)
+    assert np.abs(full.pixels[::4, ::4] - small.pixels).mean() < 3  # same orientation
+
+
+def test_jpeg_min_size_on_real_radiographs(kermany):
+    """On the Kermany radiographs, the fast path's model inputs stay close to the exact path's."""
+    from medclass.preprocess import Preprocessor, input_spec
+
+    files = sorted(kermany.rglob("*.jpeg"))[:12]
+    assert files, f"no JPEGs under {kermany}"
+    pre = Preprocessor(input_spec(), fit="crop")
+    for f in files:
+        exact = pre(ingest.read_frame(f, 0)).array
+        image = ingest.read_frame(f, 0, min_size=2 * 299)
+        assert min(image.pixels.shape) >= 598 or image.meta.decoded_scale == 1.0
+        fast = pre(image).array
+        assert fast.shape == exact.shape == (3, 299, 299)
+        assert np.abs(fast - exact).mean() < 0.01, f

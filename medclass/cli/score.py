@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--onnx", type=Path, help="ONNX model from 'medclass export' (--backend onnxruntime)")
     run.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode JPEGs at 1/2-1/8 scale in the DCT domain (sides kept ≥ 2× the model input): about 2× "
+        "less decode work on radiographs, probabilities within ~0.02 of the exact path that 'evaluate' uses",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--resume", action="store_true", help="continue an interrupted run on the same --out")
     out.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -108,6 +114,7 @@ def run(args: argparse.Namespace) -> ExitCode:
         allow_outside_root=args.allow_outside_root,
         aggregate=args.aggregate,
         threads=args.threads,
+        fast_decode=args.fast_decode,
     )
     report = run_scoring(config, progress=_progress(args.progress))
     c = report.counts

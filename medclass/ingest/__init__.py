@@ -76,7 +76,7 @@ def get_reader(name: str) -> Reader:
         raise ConfigError(f"unknown reader {name!r}; valid: {', '.join(READERS)}") from None
 
 
-def frames(item: PathLike | Source, *, max_bytes: int | None = None) -> Frames:
+def frames(item: PathLike | Source, *, max_bytes: int | None = None, min_size: int | None = None) -> Frames:
     """The lazy frame sequence of a file or :class:`Source` (nothing decoded until indexed).
 
     Raises the :class:`~medclass.errors.InputError` subclass that says why the file is unusable.
@@ -86,7 +86,7 @@ def frames(item: PathLike | Source, *, max_bytes: int | None = None) -> Frames:
             return SeriesFrames(item, limit=max_bytes)
         item = item.path
     path = os.fspath(item)
-    return get_reader(sniff(path)).open(path, limit=max_bytes)
+    return get_reader(sniff(path)).open(path, limit=max_bytes, min_size=min_size)
 
 
 def load(
@@ -115,11 +115,18 @@ def read(
     return fr.take(policy(fr))
 
 
-def read_frame(path: PathLike, index: int, *, max_bytes: int | None = None) -> Image:
+def read_frame(
+    path: PathLike, index: int, *, max_bytes: int | None = None, min_size: int | None = None
+) -> Image:
     """Frame/slice ``index`` of one file (0 for a plain 2D image); only that frame is decoded when the
     format allows it. Raises :class:`ConfigError` when ``index`` is out of range.
+
+    ``min_size``: the caller will shrink the image to about this side anyway (scoring at the model's input
+    size), so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain as long as both sides stay
+    ≥ ``min_size`` (``image.meta.decoded_scale`` says by how much). Leave it None where pixel geometry
+    matters (saliency mapped back onto the original, previews).
     """
-    return frames(path, max_bytes=max_bytes)[index]
+    return frames(path, max_bytes=max_bytes, min_size=min_size)[index]
 
 
 def read_meta(path: PathLike, *, max_bytes: int | None = None) -> ImageMeta:

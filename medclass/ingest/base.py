@@ -149,15 +149,18 @@ class Reader:
 
     Override :meth:`open`; override :meth:`read_meta` when the header can be read without pixels.
     ``limit`` is the byte ceiling passed to :func:`check_size` (None: :func:`max_image_bytes`).
+    ``min_size`` is a hint from a caller that will shrink the image anyway: a reader whose format can be
+    decoded at a reduced resolution (JPEG's DCT scaling) may do so while both sides stay ≥ ``min_size``,
+    and says so in ``ImageMeta.decoded_scale``; the others ignore it.
     """
 
     format = "unknown"
 
-    def __call__(self, path: str, *, limit: int | None = None) -> Frames:
+    def __call__(self, path: str, *, limit: int | None = None, min_size: int | None = None) -> Frames:
         """Same as :meth:`open`: the reader table maps names to callables."""
-        return self.open(path, limit=limit)
+        return self.open(path, limit=limit, min_size=min_size)
 
-    def open(self, path: str, *, limit: int | None = None) -> Frames:
+    def open(self, path: str, *, limit: int | None = None, min_size: int | None = None) -> Frames:
         raise NotImplementedError
 
     def read_meta(self, path: str, *, limit: int | None = None) -> ImageMeta:

@@ -489,7 +489,7 @@ class DicomReader(Reader):
 
     format = "dicom"
 
-    def open(self, path: str, *, limit: int | None = None) -> Frames:
+    def open(self, path: str, *, limit: int | None = None, min_size: int | None = None) -> Frames:
         ds = dcmread(path)
         try:
             with _pydicom_warnings_to_log(path):

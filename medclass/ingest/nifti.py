@@ -143,7 +143,7 @@ class NiftiFrames(Frames):
 class NiftiReader(Reader):
     format = "nifti"
 
-    def open(self, path: str, *, limit: int | None = None) -> Frames:
+    def open(self, path: str, *, limit: int | None = None, min_size: int | None = None) -> Frames:
         return NiftiFrames(str(path), limit)
 
     def read_meta(self, path: str, *, limit: int | None = None) -> ImageMeta:

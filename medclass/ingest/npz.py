@@ -73,7 +73,7 @@ def _is_rgb(data: np.ndarray) -> bool:
 class NpzReader(Reader):
     format = "npz"
 
-    def open(self, path: str, *, limit: int | None = None) -> Frames:
+    def open(self, path: str, *, limit: int | None = None, min_size: int | None = None) -> Frames:
         data, _ = _load(str(path), limit)
         shape = tuple(int(d) for d in data.shape)
         rgb = _is_rgb(data)

@@ -63,6 +63,9 @@ class ImageMeta:
     windows: tuple[Window, ...] = ()  # from the header, first = default
     voi_lut: VoiLut | None = None
     slice_position: float | None = None  # mm along the slice normal, for volumes
+    # < 1 when the pixels were decoded at reduced resolution (a reader's ``min_size`` hint): pixels are
+    # ``original_shape`` × this, pixel_spacing is that of the decoded pixels.
+    decoded_scale: float = 1.0
     # Identifying values kept only for --include-phi and DICOM outputs that reference the source.
     phi: dict[str, str] = field(default_factory=dict)
 

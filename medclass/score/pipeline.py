@@ -44,9 +44,10 @@ class Decoded:
     error: str = ""
 
 
-def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any]) -> Decoded:
+def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any], min_size: int | None = None) -> Decoded:
     """Read frame ``item.frame`` of ``item.path`` and preprocess it. Never raises: failures come back
     as a :class:`Decoded` with ``error`` (one line: the typed error's message, naming the file).
+    ``min_size``: allow a reduced-resolution decode down to this side (see :func:`medclass.ingest.read_frame`).
     """
     if item.error:
         return Decoded(item, None, pseudonym(item.patient_id), item.study_id, "", item.error)
@@ -54,7 +55,7 @@ def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any]) -> Decoded:
     try:
         from medclass import ingest
 
-        image = ingest.read_frame(item.path, int(item.frame or 0))
+        image = ingest.read_frame(item.path, int(item.frame or 0), min_size=min_size)
         meta = image.meta
         patient = meta.patient_id or patient
         study, series = meta.study_uid or study, meta.series_uid
@@ -84,8 +85,9 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker(preprocessor: Callable[[Any], Any]) -> None:
+def _init_worker(preprocessor: Callable[[Any], Any], min_size: int | None) -> None:
     _WORKER["preprocessor"] = preprocessor
+    _WORKER["min_size"] = min_size
     import sys
 
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -95,20 +97,26 @@ def _init_worker(preprocessor: Callable[[Any], Any]) -> None:
 
 
 def _decode_in_worker(item: WorkItem) -> Decoded:
-    return decode_item(item, _WORKER["preprocessor"])
+    return decode_item(item, _WORKER["preprocessor"], _WORKER["min_size"])
 
 
 def decode_stream(
-    items: Iterable[WorkItem], preprocessor: Callable[[Any], Any], *, workers: int = 0, prefetch: int = 64
+    items: Iterable[WorkItem],
+    preprocessor: Callable[[Any], Any],
+    *,
+    workers: int = 0,
+    prefetch: int = 64,
+    min_size: int | None = None,
 ) -> Iterator[Decoded]:
-    """The decoded items, in input order, from ``workers`` processes (0: here) with ``prefetch`` in flight.
+    """The decoded items, in input order, from ``workers`` processes (0: here) with ``prefetch`` in flight
+    (``min_size``: see :func:`decode_item`).
 
     If a worker process dies (a codec crash), the pool is restarted and the items in flight are decoded
     again; an item whose decoding killed a worker twice becomes an error row.
     """
     if workers <= 0:
         for item in items:
-            yield decode_item(item, preprocessor)
+            yield decode_item(item, preprocessor, min_size)
         return
     source = iter(items)
     pending: deque[tuple[WorkItem, Future[Decoded]]] = deque()
@@ -117,7 +125,7 @@ def decode_stream(
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(preprocessor,)
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(preprocessor, min_size)
         )
 
     pool = new_pool()
@@ -196,8 +204,10 @@ def score_items(
     workers: int = 0,
     prefetch: int | None = None,
     progress: Callable[[int], None] | None = None,
+    min_size: int | None = None,
 ) -> Counts:
     """Score ``items`` (none already done: filter them first) and hand each batch's rows to ``append``.
+    ``min_size`` allows reduced-resolution decoding (see :func:`decode_item`).
 
     ``append`` must commit the rows before returning (see :class:`~medclass.score.writer.ScoreOutput`);
     ``progress(n)`` is called with the number of items each commit covers. Returns the :class:`Counts`.
@@ -233,7 +243,7 @@ def score_items(
         pending.clear()
         n_ok = 0
 
-    for d in decode_stream(items, preprocessor, workers=workers, prefetch=prefetch):
+    for d in decode_stream(items, preprocessor, workers=workers, prefetch=prefetch, min_size=min_size):
         pending.append(d)
         if d.array is not None:
             n_ok += 1
