@@ -318,7 +318,6 @@ def test_bf16_drift_from_fp32_on_real_images(score_ckpt: Path, kermany: Path, di
     assert 0 < drift < 0.03
 
 
-
 def test_fast_decode_scores_the_same_rows_closely(score_ckpt: Path, kermany: Path, tmp_path: Path) -> None:
     """--fast-decode (DCT-domain JPEG downscale) gives the same rows, probabilities within 0.02."""
     folder = tmp_path / "in"
@@ -326,7 +325,9 @@ def test_fast_decode_scores_the_same_rows_closely(score_ckpt: Path, kermany: Pat
     for f in kermany_jpegs(kermany, 4):
         shutil.copy(f, folder / f.name)
     assert _score(score_ckpt, [folder], tmp_path / "exact.csv", "--workers", "0") == ExitCode.OK
-    assert _score(score_ckpt, [folder], tmp_path / "fast.csv", "--workers", "0", "--fast-decode") == ExitCode.OK
+    assert (
+        _score(score_ckpt, [folder], tmp_path / "fast.csv", "--workers", "0", "--fast-decode") == ExitCode.OK
+    )
     exact = {r["path"]: r for r in read_scores(tmp_path / "exact.csv")}
     fast = {r["path"]: r for r in read_scores(tmp_path / "fast.csv")}
     assert exact.keys() == fast.keys() and len(exact) == 4

@@ -229,7 +229,6 @@ def test_affine_fills_with_black_and_moves_a_blob():
     assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
 
 
-
 def test_fast_augment_matches_the_textbook_formulas():
     """The cached-grid affine equals ``F.affine_grid`` + ``grid_sample``; the one-pass intensity jitter
     equals un-normalise → (p - centre)·c + centre + b → clamp → normalise."""
