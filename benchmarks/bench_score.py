@@ -56,14 +56,22 @@ def real_files() -> list[Path]:
     return files
 
 
-def build_inputs(folder: Path, n: int) -> list[Path]:
-    """``n`` links to real files (JPEGs and DICOM interleaved) under distinct names."""
+def build_inputs(folder: Path, n: int, kind: str = "mixed") -> list[Path]:
+    """``n`` links to real files under distinct names: JPEGs and DICOM interleaved (``mixed``), or only
+    one ``kind`` (``jpeg``, ``dicom``)."""
     files = real_files()
     jpegs = [f for f in files if f.suffix == ".jpeg"]
     dicoms = [f for f in files if f.suffix != ".jpeg"]
-    mixed = [
-        f for pair in zip(jpegs, dicoms * (len(jpegs) // max(1, len(dicoms)) + 1), strict=False) for f in pair
-    ]
+    if kind == "jpeg":
+        mixed = jpegs
+    elif kind == "dicom":
+        mixed = dicoms
+    else:
+        mixed = [
+            f
+            for pair in zip(jpegs, dicoms * (len(jpegs) // max(1, len(dicoms)) + 1), strict=False)
+            for f in pair
+        ]
     out = []
     for i in range(n):
         src = mixed[i % len(mixed)]
@@ -122,7 +130,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="items to score (real files repeated)")
     ap.add_argument("--naive-n", type=int, default=20, help="items for the naive loop (it is slow)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="(score's default: fp32)")
+    ap.add_argument("--inputs", choices=("mixed", "jpeg", "dicom"), default="mixed", help="which real files")
+    ap.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="the pipeline decodes JPEGs at reduced scale (score --fast-decode)",
+    )
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: medclass's)")
     ap.add_argument("--threads", type=int, default=None, help="model threads (default: medclass's)")
     ap.add_argument("--size", type=int, default=299)
@@ -148,12 +162,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_score."))
     folder = tmp / "in"
     folder.mkdir()
-    files = build_inputs(folder, args.n)
+    files = build_inputs(folder, args.n, args.inputs)
     stem = make_checkpoint(tmp / "ck", args.size)
     ck = checkpoint.load(stem)
     pre = make_preprocessor(ck.meta)
     workers = default_workers() if args.workers is None else args.workers
-    cfg = ScoreConfig(paths=[folder], out=tmp / "x.csv", workers=workers, threads=args.threads)
+    cfg = ScoreConfig(
+        paths=[folder], out=tmp / "x.csv", workers=workers, threads=args.threads, fast_decode=args.fast_decode
+    )
+    min_size = 2 * pre.spec.size if args.fast_decode else None
     threads = _threads(cfg, workers, 1)
     torch.set_num_threads(threads)
     backend = make_backend("torch", task="multiclass", model=ck.model, precision=args.precision)
@@ -175,9 +192,8 @@ def main() -> None:
     from medclass.score import decode_stream
 
     start = time.perf_counter()
-    n_dec = sum(
-        1 for _ in decode_stream(items, pre, workers=workers, prefetch=max(2 * args.batch_size, 4 * workers))
-    )
+    prefetch = max(2 * args.batch_size, 4 * workers)
+    n_dec = sum(1 for _ in decode_stream(items, pre, workers=workers, prefetch=prefetch, min_size=min_size))
     decode = n_dec / (time.perf_counter() - start)
 
     # the pipeline
@@ -185,7 +201,8 @@ def main() -> None:
     out.open()
     start = time.perf_counter()
     counts = score_items(items, backend=backend, preprocessor=pre, append=out.append, rule=rule,
-                         model_sha256=ck.meta["sha256"], batch_size=args.batch_size, workers=workers)  # fmt: skip
+                         model_sha256=ck.meta["sha256"], batch_size=args.batch_size, workers=workers,
+                         min_size=min_size)  # fmt: skip
     pipeline = len(items) / (time.perf_counter() - start)
     out.close()
     assert counts.failed == 0, counts.errors
@@ -203,7 +220,8 @@ def main() -> None:
     print(environment_line(info))
     print(f"{len(items)} items ({sum(f.suffix == '.jpeg' for f in files)} JPEG, "
           f"{sum(f.suffix != '.jpeg' for f in files)} DICOM) at {args.size} px, batch {args.batch_size}, "
-          f"{args.precision}, {workers} workers, {threads} model threads")  # fmt: skip
+          f"{args.precision}, {workers} workers, {threads} model threads, "
+          f"{'fast' if args.fast_decode else 'exact'} JPEG decode")  # fmt: skip
     rows = [
         [
             "pipeline (score_items)",
