@@ -258,11 +258,13 @@ def test_randomised_copy_changes_only_the_top(model):
 
 
 # --- known location: Grad-CAM of a briefly trained model points at the lesion -------------------------
-# Mixed_7c at 160 px is a 3×3 grid (2×2 at 128): too coarse to test localisation. Mixed_6a at 160 px is an
-# 8×8 grid, the resolution of the default layer (Mixed_7c) at 299 px, on a network small enough to train
-# here. The tolerance is one cell of that grid (20 px) around the lesion: the map cannot do better.
+# Mixed_7c at 160 px is a 3×3 grid (2×2 at 128): too coarse to place a maximum inside a lesion. Mixed_5d at
+# 160 px is a 17×17 grid (9.4 px cells; Mixed_6e at 299 px is 17×17 too). Measured while choosing it
+# (held-out positives with the maximum strictly inside the lesion, two held-out sets, two model seeds):
+# Mixed_5d 0.88-0.98 / 0.83-0.85; Mixed_6a (8×8, 20 px cells) 0.78-0.88 and, with the layers below it left
+# random, 0.4-0.9: an 8×8 map puts its maximum on a cell centre that a lesion of 1-2 cells often misses.
 LESION_SIZE = 160
-LESION_LAYER = "Mixed_6a"
+LESION_LAYER = "Mixed_5d"
 _STEM = (
     "Conv2d_1a_3x3",
     "Conv2d_2a_3x3",
@@ -272,8 +274,11 @@ _STEM = (
     "Conv2d_4a_3x3",
     "Pool2",
 )
-_FROZEN = (*_STEM, "Mixed_5b", "Mixed_5c", "Mixed_5d")
+_FROZEN = _STEM
 _TRAINED = (
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
     "Mixed_6a",
     "Mixed_6b",
     "Mixed_6c",
@@ -287,8 +292,8 @@ _TRAINED = (
 
 
 def lesion_images(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """Grey images of smooth random texture; odd indices get a bright disc (radius 6–9% of the side) at a
-    random place. Returns (N×3×S×S normalised like the model input, labels, [(cx, cy, r) or None])."""
+    """Grey images of smooth random texture; odd indices get a bright disc (radius 10–14% of the side: 3–5
+    cells of the 17×17 map across) at a random place. Returns (N×3×S×S normalised like the model input, labels, [(cx, cy, r) or None])."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
@@ -299,7 +304,7 @@ def lesion_images(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Ten
         img = (bg - bg.min()) / (np.ptp(bg) + 1e-6) * 0.4 + 0.2 + rng.normal(0, 0.03, (size, size))
         lesion = None
         if i % 2:
-            r = rng.uniform(0.06, 0.09) * size
+            r = rng.uniform(0.10, 0.14) * size
             cx, cy = rng.uniform(r + 4, size - r - 4, 2)
             img = img + 0.35 * ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r)
             lesion = (cx, cy, r)
@@ -310,10 +315,10 @@ def lesion_images(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return (x - 0.5) / 0.5, torch.tensor(labels), lesions
 
 
-def train_lesion_model(steps: int = 25, n_train: int = 160, seed: int = 0) -> torch.nn.Module:
-    """Inception V3 (medclass.model.create_model, random init) whose stem..Mixed_5d stay random (BatchNorm
-    statistics measured on the data) and whose Mixed_6a..fc are trained on cached Mixed_5d features —
-    the whole network is then explained as usual. ~20 steps reach ~100% held-out accuracy."""
+def train_lesion_model(steps: int = 40, n_train: int = 160, seed: int = 0) -> torch.nn.Module:
+    """Inception V3 (medclass.model.create_model, random init) whose stem stays random (BatchNorm
+    statistics measured on the data) and whose Mixed_5b..fc are trained on cached stem features — the
+    whole network is then explained as usual. 40 steps reach 95–100% held-out accuracy."""
     torch.manual_seed(seed)
     model = create_model(2, aux_logits=True, image_size=LESION_SIZE)
     x, y, _ = lesion_images(n_train, LESION_SIZE, seed + 100)
@@ -325,7 +330,7 @@ def train_lesion_model(steps: int = 25, n_train: int = 160, seed: int = 0) -> to
     def stem(t: torch.Tensor) -> torch.Tensor:
         for name in _FROZEN:
             t = getattr(model, name)(t)
-        return t  # N×288×17×17
+        return t  # N×192×17×17
 
     model.train()
     with torch.no_grad():
@@ -367,14 +372,14 @@ def lesion_model() -> torch.nn.Module:
 
 @pytest.mark.slow
 def test_gradcam_maximum_falls_inside_the_lesion(lesion_model):
-    x, y, lesions = lesion_images(40, LESION_SIZE, seed=7)  # held out: other seed
+    x, y, lesions = lesion_images(80, LESION_SIZE, seed=7)  # held out: other seed; 40 positives
     with torch.no_grad():
         acc = (MainLogits(lesion_model)(x).argmax(1) == y).float().mean().item()
     assert acc >= 0.9, f"the briefly trained model did not learn the task (accuracy {acc:.2f})"
     pos = [i for i in range(len(y)) if y[i] == 1]
     grid = layer_grid(lesion_model, LESION_LAYER, LESION_SIZE)
-    assert grid == (8, 8)
-    cell = LESION_SIZE / grid[0]  # 20 px: the map cannot place a maximum more precisely
+    assert grid == (17, 17)
+    cell = LESION_SIZE / grid[0]  # 9.4 px: the map cannot place a maximum more precisely
     sal = Explainer(lesion_model, layer=LESION_LAYER).explain(x[pos], targets=[1] * len(pos))
     inside = within = 0
     for k, i in enumerate(pos):
@@ -383,8 +388,9 @@ def test_gradcam_maximum_falls_inside_the_lesion(lesion_model):
         d = np.hypot(col - cx, row - cy)
         inside += d <= r
         within += d <= r + cell  # the lesion dilated by one cell of the map
-    assert within / len(pos) >= 0.8, f"maximum within lesion+1 cell for {within}/{len(pos)}"
-    assert inside / len(pos) >= 0.3, f"maximum strictly inside the lesion for {inside}/{len(pos)}"
+    print(f"Grad-CAM maximum inside the lesion for {inside}/{len(pos)}, within one cell for {within}")
+    assert inside / len(pos) >= 0.8, f"maximum strictly inside the lesion for {inside}/{len(pos)}"
+    assert within / len(pos) >= 0.9, f"maximum within lesion+1 cell for {within}/{len(pos)}"
 
 
 @pytest.mark.slow
