@@ -1,0 +1,140 @@
+"""``medclass explain``: saliency overlays, clinician reports (HTML + PDF) and optional DICOM outputs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "saliency maps and clinician reports (HTML, PDF, DICOM Secondary Capture) for images"
+DESCRIPTION = """\
+Explain a checkpoint's predictions on images with a Grad-CAM-family method (pytorch-grad-cam). PATHs are
+files or folders (walked recursively; DICOM, NIfTI, PNG/JPEG). For each image OUT gets an overlay PNG
+(with colour bar and the top-k%% region outlined) and, with --dicom and a DICOM source, a Secondary
+Capture in a new series of the source study; for each study a self-contained HTML report and a PDF;
+plus OUT/explanations.json, OUT/explanations.csv and OUT/index.html.
+
+De-identified by default: reports, file names, tables and logs carry a pseudonym of the patient ID, never
+the name, ID, birth date or accession number; --include-phi opts in. DICOM outputs keep the study's
+StudyInstanceUID (so a PACS files them beside the original) and reference the source image's UIDs.
+
+Not for diagnostic use: saliency shows what changed the model's output, not where disease is.
+
+examples:
+  medclass explain --checkpoint runs/r1/best scans/case1.dcm --out reports/r1/saliency
+  medclass explain --checkpoint runs/r1/best scans/ --out sal --method gradcam++ --layer Mixed_6e --dicom
+  medclass explain --checkpoint runs/r1/best scans/ --out sal --metrics reports/r1/metrics.json
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint stem (or .json/.safetensors)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--method", default="gradcam", help="saliency method (gradcam, gradcam++, hirescam, ...)"
+    )
+    parser.add_argument(
+        "--layer", default="Mixed_7c", help="target layer (Mixed_7c, Mixed_6e, Mixed_5d, ...)"
+    )
+    parser.add_argument("--target", help="class to explain, by name or index (default: the predicted class)")
+    parser.add_argument("--dicom", action="store_true", help="also write DICOM Secondary Capture overlays")
+    parser.add_argument(
+        "--sr", action="store_true", help="with --dicom: also a Comprehensive SR of the scores"
+    )
+    parser.add_argument(
+        "--include-phi", action="store_true", help="put patient name/ID/birth date/accession in outputs"
+    )
+    parser.add_argument("--opacity", type=float, default=0.4, help="weight of the colour layer (0..1)")
+    parser.add_argument(
+        "--top-percent", type=float, default=10.0, help="outline the top N%% of the map (0: none)"
+    )
+    parser.add_argument("--colormap", default="jet", help="jet, turbo, viridis, inferno, magma, plasma")
+    parser.add_argument("--no-pdf", action="store_true", help="skip the PDF reports")
+    parser.add_argument(
+        "--faithfulness",
+        default="road-morf",
+        help="per-image faithfulness metric (road-morf, cam-mult, ...; none)",
+    )
+    parser.add_argument(
+        "--sanity-check",
+        action="store_true",
+        help="model-randomisation check (Adebayo 2018) on the first batch",
+    )
+    parser.add_argument("--metrics", type=Path, help="metrics.json of `medclass evaluate` (operating points)")
+    parser.add_argument("--slice-policy", default="middle", help="which slices of a volume to explain")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per saliency batch")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from medclass import checkpoint, ingest
+    from medclass.cli import ExitCode
+    from medclass.errors import ConfigError, MedclassError
+    from medclass.explain import CAM_METHODS, FAITHFULNESS_METRICS, TARGET_LAYERS, Explainer
+    from medclass.explain.cam import look_up
+
+    from .job import ExplainRun, Settings
+
+    look_up(CAM_METHODS, args.method, "saliency method")
+    look_up(TARGET_LAYERS, args.layer, "target layer")
+    if args.faithfulness != "none":
+        look_up(FAITHFULNESS_METRICS, args.faithfulness, "faithfulness metric")
+    ckpt = checkpoint.load(args.checkpoint)
+    classes = ckpt.classes or [str(i) for i in range(int(ckpt.meta.get("num_classes", 0)))]
+    target = None
+    if args.target is not None:
+        if args.target in classes:
+            target = classes.index(args.target)
+        elif args.target.isdigit() and int(args.target) < len(classes):
+            target = int(args.target)
+        else:
+            raise ConfigError(f"unknown --target {args.target!r}; classes: {', '.join(classes)}")
+    metrics_doc = None
+    if args.metrics is not None:
+        try:
+            metrics_doc = json.loads(args.metrics.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read metrics ({exc})", args.metrics) from exc
+    settings = Settings(
+        method=args.method,
+        layer=args.layer,
+        target=target,
+        dicom=args.dicom,
+        sr=args.sr and args.dicom,
+        include_phi=args.include_phi,
+        opacity=args.opacity,
+        top_percent=args.top_percent or None,
+        colormap=args.colormap,
+        pdf=not args.no_pdf,
+        faithfulness=None if args.faithfulness == "none" else args.faithfulness,
+        sanity_check=args.sanity_check,
+        slice_policy=args.slice_policy,
+        batch_size=args.batch_size,
+    )
+    explainer = Explainer(
+        ckpt.model, method=args.method, layer=args.layer, batch_size=args.batch_size, task=ckpt.task
+    )
+    job = ExplainRun(ckpt, explainer, settings, args.out, metrics_doc)
+    sources = ingest.discover(args.paths)
+    for source in sources:
+        try:
+            images = ingest.load(source, slice_policy=args.slice_policy)
+        except MedclassError as exc:
+            job.fail(source.path, exc)
+            continue
+        for image in images:
+            job.add(image)
+    job.finish()
+    n_ok, n_err = len(job.rows), len(job.errors)
+    for err in job.errors:
+        print(f"failed: {err['where']}: {err['kind']}: {err['message']}")
+    print(
+        f"explained {n_ok} image(s) in {len(job.studies)} report(s), {n_err} failed "
+        f"({args.method} at {args.layer}) → {args.out}"
+    )
+    if n_err and not n_ok:
+        return ExitCode.ERROR
+    return ExitCode.PARTIAL if n_err else ExitCode.OK
