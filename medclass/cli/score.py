@@ -61,9 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("how")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument(
-        "--workers", type=int, help="decode processes (0: decode in the main process; default: cores - 1)"
+        "--workers",
+        type=int,
+        help="decode processes (0: decode in the main process; default: one per core, at most 8)",
     )
-    run.add_argument("--threads", type=int, help="model threads (default: the cores, less half the workers)")
+    run.add_argument("--threads", type=int, help="model threads (default: the cores)")
     run.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     run.add_argument("--onnx", type=Path, help="ONNX model from 'medclass export' (--backend onnxruntime)")
     run.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")

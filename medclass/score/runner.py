@@ -125,17 +125,18 @@ def make_preprocessor(meta: dict[str, Any]) -> Any:
 
 
 def _threads(config: ScoreConfig, workers: int, world_size: int) -> int:
-    """Model threads: as given, else this rank's cores, less half the decode workers.
+    """Model threads: as given, else this rank's cores (less the workers beyond one per core).
 
-    A decode worker sleeps whenever the prefetch window is full, so one worker per core would leave cores
-    idle while the model waits for nothing; giving the model every core (and letting the OS share them
-    with a few workers) keeps both busy. Workers themselves run torch with one thread.
+    A decode worker sleeps whenever the prefetch window is full, so the workers use the cores while the
+    model waits for a batch and leave them to it while it runs: giving the model every core and letting
+    the OS share them keeps both busy (on 2 cores, 2 threads + 2 workers beat 1 + 2 and 2 + 1). Workers
+    themselves run torch with one thread.
     """
     if config.threads:
         return int(config.threads)
     cpus = os.cpu_count() or 1
     per_rank = max(1, cpus // world_size)
-    return per_rank if workers < per_rank else max(1, per_rank - workers // 2)
+    return max(1, per_rank - max(0, workers - per_rank))
 
 
 class _Dist:
@@ -224,7 +225,7 @@ def _run(
     done = output.done_rows(model_sha) if config.resume else {}
     dist.barrier()
     todo = [i for i in mine if i.key not in done]
-    workers = default_workers() if config.workers is None else max(0, int(config.workers))
+    workers = default_workers(dist.world_size) if config.workers is None else max(0, int(config.workers))
     workers = min(workers, max(len(todo), 0))
     device = pick_device(config.device, dist.local_rank)
     threads = _threads(config, workers, dist.world_size)
