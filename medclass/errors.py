@@ -129,3 +129,9 @@ class DataError(MedclassError):
     """Inputs to a computation are unusable as a whole (an empty split, ids that do not match...)."""
 
     kind = "data"
+
+
+def short_message(exc: BaseException, limit: int = 200) -> str:
+    """``exc``'s message on one line (whitespace runs collapsed), cut at ``limit`` characters with "…"."""
+    text = " ".join(str(exc).split())
+    return text[:limit] + ("…" if len(text) > limit else "")

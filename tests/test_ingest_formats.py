@@ -229,7 +229,7 @@ def test_jpeg_extended_12bit_with_non_sequential_scan_header_decodes():
 
 
 def test_sequential_scan_fixed_only_touches_bad_scan_headers():
-    from medclass.ingest.dicom import sequential_scan_fixed
+    from medclass.ingest.jpeg_repair import sequential_scan_fixed
 
     good = (
         b"\xff\xd8"

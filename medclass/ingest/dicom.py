@@ -15,6 +15,8 @@ Pixel semantics, in order, per frame:
 5. Siemens MOSAIC (one 2D image holding a volume's slices as tiles) is split into its slices.
 
 Every pydicom/plugin exception is turned into a :mod:`medclass.errors` error naming the file.
+Steps 2-4 live in :mod:`medclass.ingest.dicom_pixels`, the JPEG scan-header repair in
+:mod:`medclass.ingest.jpeg_repair`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import contextlib
 import dataclasses
 import io
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -41,8 +42,11 @@ from medclass.errors import (
     UnreadableFileError,
     UnsupportedFormatError,
 )
+from medclass.errors import short_message as _one_line
 from medclass.ingest import dicom_meta as dm
 from medclass.ingest.base import Frames, Reader, check_readable, check_size, finite_or_mask
+from medclass.ingest.dicom_pixels import padding_mask, to_modality, to_rgb
+from medclass.ingest.jpeg_repair import repaired_jpeg
 from medclass.ingest.mosaic import mosaic_layout
 from medclass.ingest.types import Image, ImageMeta
 
@@ -144,11 +148,6 @@ def _ensure_transfer_syntax(ds: Any) -> None:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] + ("…" if len(text) > 200 else "")
-
-
 def _has_pixels(ds: Any) -> bool:
     return any(k in ds for k in _PIXEL_KEYWORDS)
 
@@ -222,7 +221,7 @@ def plugin_order(decoder: Any, ts: str) -> list[str]:
     return safe or list(available)
 
 
-#: JPEG syntaxes whose frames are sequential DCT (SOF0/SOF1): see :func:`sequential_scan_fixed`
+#: JPEG syntaxes whose frames are sequential DCT (SOF0/SOF1): see :mod:`medclass.ingest.jpeg_repair`
 _SEQUENTIAL_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
 
@@ -243,7 +242,7 @@ def _decode(ds: Any, path: str, index: int | None) -> tuple[np.ndarray, dict[str
     if result is not None:
         return result
     if str(ts) in _SEQUENTIAL_JPEG:
-        repaired = _repaired_jpeg(ds, opts)
+        repaired = repaired_jpeg(ds, opts)
         if repaired is not None:
             result, _ = _try_plugins(decoder, repaired, index, plugins, opts, path)
             if result is not None:
@@ -283,134 +282,6 @@ def _try_plugins(
             msg = msg.removeprefix("Unable to decode as exceptions were raised by all available plugins: ")
             failures.append(f"{plugin}: {msg.removeprefix(plugin + ': ')}" if plugin else msg)
     return None, failures
-
-
-def _repaired_jpeg(ds: Any, opts: dict[str, Any]) -> bytes | None:
-    """The encapsulated pixel data with every frame's scan header fixed by :func:`sequential_scan_fixed`,
-    or None when no frame needed it (or the data cannot be split into frames)."""
-    from pydicom.encaps import encapsulate, generate_frames
-
-    try:
-        frames = list(generate_frames(ds.PixelData, number_of_frames=int(opts.get("number_of_frames") or 1)))
-    except Exception:  # broken encapsulation: the plugins' errors already say so
-        return None
-    fixed = [sequential_scan_fixed(f) for f in frames]
-    if all(f is None for f in fixed):
-        return None
-    return encapsulate([f if f is not None else o for f, o in zip(fixed, frames, strict=True)])
-
-
-def sequential_scan_fixed(frame: bytes) -> bytes | None:
-    """``frame`` (a JPEG stream) with Ss=0, Se=63, Ah=Al=0 in each scan header of a sequential image.
-
-    Some encoders write other values there (``JPEG-lossy.dcm`` of pydicom's test files has Se=0): libjpeg
-    6b only warns and decodes the scan as sequential, newer decoders refuse it. Returns None when there
-    is nothing to fix, the image is not sequential DCT (SOF0/SOF1), or the stream is not understood.
-    """
-    data = bytearray(frame)
-    if data[:2] != b"\xff\xd8":
-        return None
-    pos, sequential, changed = 2, False, False
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:  # EOI
-            break
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
-            pos += 2
-            continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a SOF
-            sequential = marker in (0xC0, 0xC1)
-        elif marker == 0xDA:  # SOS: Ns, Ns × (Cs, Td/Ta), Ss, Se, Ah/Al
-            if not sequential or pos + 5 > len(data):
-                return None
-            at = pos + 5 + 2 * data[pos + 4]
-            if at + 3 != pos + 2 + length or at + 3 > len(data):
-                return None
-            if bytes(data[at : at + 3]) != b"\x00\x3f\x00":
-                data[at : at + 3] = b"\x00\x3f\x00"
-                changed = True
-            pos += 2 + length
-            while True:  # skip the entropy-coded data up to the next marker (not FF00, not RSTn)
-                pos = data.find(b"\xff", pos)
-                if pos < 0 or pos + 1 >= len(data):
-                    return bytes(data) if changed else None
-                nxt = data[pos + 1]
-                if nxt == 0 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
-                    pos += 1 if nxt == 0xFF else 2
-                    continue
-                break
-            continue
-        pos += 2 + length
-    return bytes(data) if changed else None
-
-
-def padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
-    """False where ``stored`` equals Pixel Padding Value (or lies in the padding range); None if no padding."""
-    pad = ds.get("PixelPaddingValue")
-    if pad is None or stored.ndim != 2:
-        return None
-    pad = int(pad)
-    limit = ds.get("PixelPaddingRangeLimit")
-    if limit is None:
-        padded = stored == pad
-    else:
-        lo, hi = sorted((pad, int(limit)))
-        padded = (stored >= lo) & (stored <= hi)
-    if not padded.any():
-        return None
-    return ~padded
-
-
-def to_modality(ds: Any, index: int, stored: np.ndarray, path: str = "") -> np.ndarray:
-    """Stored values of frame ``index`` → modality values (float32).
-
-    Raises :class:`InvalidPixelDataError` for a non-finite rescale slope or intercept.
-    """
-    hdr = dm.frame_header(ds, index)
-    if hdr.has_modality_lut_seq:
-        from pydicom.pixels import apply_modality_lut
-
-        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    if not (math.isfinite(hdr.slope) and math.isfinite(hdr.intercept)):
-        raise InvalidPixelDataError(
-            f"rescale slope/intercept {hdr.slope}/{hdr.intercept} not finite", path or None
-        )
-    if hdr.slope == 1.0:  # one pass over the data: convert and shift together
-        if hdr.intercept == 0.0:
-            return stored.astype(np.float32)
-        return np.add(stored, np.float32(hdr.intercept), dtype=np.float32)
-    out = np.multiply(stored, np.float32(hdr.slope), dtype=np.float32)
-    if hdr.intercept != 0.0:
-        out += np.float32(hdr.intercept)
-    return out
-
-
-def to_rgb(ds: Any, arr: np.ndarray, photometric_out: str, path: str) -> np.ndarray:
-    """A colour frame → H×W×3 float32 RGB in 0..255."""
-    from pydicom.pixels import apply_color_lut, convert_color_space
-
-    if photometric_out == "PALETTE COLOR":
-        try:
-            rgb = apply_color_lut(arr, ds)
-        except Exception as exc:
-            raise CorruptFileError(f"PALETTE COLOR lookup table unusable ({_one_line(exc)})", path) from exc
-        top = 255.0 if rgb.dtype == np.uint8 else 65535.0
-        return (rgb.astype(np.float32) * np.float32(255.0 / top)).astype(np.float32)
-    if photometric_out in ("YBR_FULL", "YBR_FULL_422"):
-        arr = convert_color_space(arr, photometric_out, "RGB")
-    elif photometric_out != "RGB":
-        raise InvalidPixelDataError(f"colour space {photometric_out} is not supported", path)
-    bits = int(ds.get("BitsStored", 8) or 8)
-    out = arr.astype(np.float32)
-    if bits > 8:
-        out *= np.float32(255.0 / (2**bits - 1))
-    return out
 
 
 class DicomFrames(Frames):

@@ -32,6 +32,7 @@ from timm.models.inception_v3 import InceptionAux, InceptionV3
 from torch import nn
 
 from medclass.errors import CheckpointError, ConfigError
+from medclass.errors import short_message as _one_line
 from medclass.model.transfer import (
     HEAD_PREFIXES,
     TRANSFER_MODES,
@@ -204,11 +205,6 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError("does not hold a state dict (a mapping of names to tensors)", path)
     return timm.models.clean_state_dict(sd)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] + ("…" if len(text) > 200 else "")
 
 
 def _mismatch_message(model: nn.Module, sd: dict[str, torch.Tensor], limit: int = 3) -> str | None:
