@@ -562,3 +562,16 @@ def test_backbone_lr_scale_defaults_to_full_speed_from_scratch():
     assert backbone_lr_scale(TrainConfig(manifest="m.csv", out="o")) == 1.0
     assert backbone_lr_scale(TrainConfig(manifest="m.csv", out="o", weights="w.safetensors")) == 0.1
     assert backbone_lr_scale(TrainConfig(manifest="m.csv", out="o", backbone_lr_scale=0.3)) == 0.3
+
+
+def test_epoch_bar_shows_a_dash_until_the_loss_is_measured():
+    """Epochs shorter than the sync interval never report a running loss: the bar says '-', not 'nan'."""
+    from medclass.train.runfiles import EpochBar
+
+    bar = EpochBar("epoch 1/1", total=3, last_auc=float("nan"), enabled=True)
+    it = bar.wrap([1, 2, 3])
+    assert it.postfix == "loss - val AUC -"
+    bar.last_auc = 0.91234
+    bar.loss(10, 0.5)
+    assert it.postfix == "loss 0.5000 val AUC 0.912"
+    bar.close()

@@ -192,7 +192,8 @@ class EpochBar:
     def _postfix(self, loss: float) -> None:
         if self._bar is not None:
             auc = "-" if math.isnan(self.last_auc) else f"{self.last_auc:.3f}"
-            self._bar.set_postfix_str(f"loss {loss:.4f} val AUC {auc}", refresh=False)
+            running = "-" if math.isnan(loss) else f"{loss:.4f}"  # not yet measured this epoch
+            self._bar.set_postfix_str(f"loss {running} val AUC {auc}", refresh=False)
 
     def loss(self, step: int, running: float) -> None:
         self._postfix(running)
