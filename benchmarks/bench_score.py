@@ -157,7 +157,7 @@ def main() -> None:
         score_items,
     )
     from medclass.score.pipeline import default_workers
-    from medclass.score.runner import _threads, make_preprocessor
+    from medclass.score.runner import _threads, decode_min_size, make_preprocessor
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_score."))
     folder = tmp / "in"
@@ -170,7 +170,7 @@ def main() -> None:
     cfg = ScoreConfig(
         paths=[folder], out=tmp / "x.csv", workers=workers, threads=args.threads, fast_decode=args.fast_decode
     )
-    min_size = 2 * pre.spec.size if args.fast_decode else None
+    min_size = decode_min_size(args.fast_decode, pre.spec.size)
     threads = _threads(cfg, workers, 1)
     torch.set_num_threads(threads)
     backend = make_backend("torch", task="multiclass", model=ck.model, precision=args.precision)

@@ -151,13 +151,14 @@ class PilReader(Reader):
             w, h = im.size
             check_size(path, (h, w, 3), 1, limit)
             try:
-                scale = 1.0
+                scale, full_hw = 1.0, (h, w)
                 if min_size and self.format == "jpeg" and min(w, h) >= 2 * min_size:
                     # DCT-domain downscale by 1/2, 1/4 or 1/8 while both sides stay ≥ min_size: the decoder
                     # skips most of the inverse DCT work (several times faster on a radiograph)
                     drafted = im.draft(im.mode, (min_size, min_size))
                     scale = drafted[1][2] / w if drafted else 1.0  # box = original size / scale
-                swapped = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation that turns by 90°
+                    if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation that turns by 90°
+                        full_hw = (w, h)
                 im = ImageOps.exif_transpose(im) or im
                 mode = im.mode
                 if mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -188,7 +189,7 @@ class PilReader(Reader):
             raise InvalidPixelDataError("non-finite pixel values", path)
         meta = _meta(path, self.format, photometric, tuple(arr.shape), bits)
         if scale != 1.0:  # original_shape stays the file's (EXIF-transposed) shape
-            full = ((w, h) if swapped else (h, w)) + tuple(arr.shape[2:])
+            full = full_hw + tuple(arr.shape[2:])
             meta = dataclasses.replace(meta, original_shape=full, decoded_scale=scale)
         image = Image(pixels=pixels, meta=meta)
         return ListFrames(str(path), 1, lambda _i: image)

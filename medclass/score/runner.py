@@ -124,6 +124,12 @@ def make_preprocessor(meta: dict[str, Any]) -> Any:
     return Preprocessor.from_meta(meta)
 
 
+def decode_min_size(fast_decode: bool, input_size: int) -> int | None:
+    """The reader's ``min_size`` hint for ``--fast-decode``: 2× the model input (at 1× the drift from the
+    exact path was 5× larger on the Kermany radiographs: max |Δprob| 0.082 against 0.016); None without."""
+    return 2 * input_size if fast_decode else None
+
+
 def _threads(config: ScoreConfig, workers: int, world_size: int) -> int:
     """Model threads: as given, else this rank's cores (less the workers beyond one per core).
 
@@ -237,7 +243,7 @@ def _run(
         precision=config.precision, threads=threads,
     )  # fmt: skip
     preprocessor = make_preprocessor(meta)
-    min_size = 2 * preprocessor.spec.size if config.fast_decode else None
+    min_size = decode_min_size(config.fast_decode, preprocessor.spec.size)
     settings = dict(
         backend=config.backend, device=device, precision=config.precision, batch_size=config.batch_size,
         workers=workers, threads=threads, format=fmt, fast_decode=config.fast_decode,
