@@ -7,7 +7,7 @@ sidecar ``model.onnx.json`` holds ``classes``, ``task``, ``input``, ``window``, 
 can refuse an export of other weights), plus the ONNX file's own sha256 and size and the parity measured
 against torch right after export.
 
-The two files are one unit, written like a checkpoint pair (:func:`medclass.checkpoint.commit_pair`): the
+The two files are one unit, written like a checkpoint pair (:func:`medclass.weights.commit_pair`): the
 current export, if complete, is kept as ``model.prev.onnx`` + ``model.prev.onnx.json`` until the new
 ``.onnx`` then its sidecar are in place (each atomically). :func:`read_sidecar` checks the ``.onnx``
 against the sidecar's size and sha256, so a torn pair (an export interrupted between the two renames, or
@@ -79,7 +79,7 @@ def read_sidecar(onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
     when the ``.onnx`` is missing or its size or sha256 differs from the sidecar's (a torn or replaced
     export).
     """
-    from medclass.checkpoint import read_json_capped
+    from medclass.weights import read_json_capped
 
     path = sidecar_path(onnx_path)
     if not path.is_file():
@@ -97,7 +97,7 @@ def read_sidecar(onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _verify_onnx(onnx_path: Path, meta: dict[str, Any]) -> None:
-    from medclass.checkpoint import file_sha256
+    from medclass.weights import file_sha256
 
     prev = prev_path(onnx_path)
     hint = (
@@ -189,6 +189,7 @@ def export_onnx(
     from medclass import __version__
     from medclass import checkpoint as checkpoints
     from medclass.model import MainLogits
+    from medclass.weights import commit_pair
 
     ckpt = checkpoints.load(Path(checkpoint))
     meta = ckpt.meta
@@ -226,7 +227,7 @@ def export_onnx(
     }
     side = sidecar_path(out)
     prev = prev_path(out)
-    checkpoints.commit_pair(
+    commit_pair(
         out,
         data,
         side,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from medclass.dataset import CachedDataset, decode_row
 from medclass.errors import ConfigError, DataError, MedclassError
+from medclass.preprocess.dataset import CachedDataset, decode_row
 
 
 def make_png_set(

@@ -258,7 +258,7 @@ def test_cli_evaluate_allow_outside_root(tree, tmp_path, ckpt, capsys):
 
 def test_dataset_refuses_before_decoding(tree):
     """CachedDataset checks every row's path up front, whatever the cache mode; the opt-in reads it."""
-    from medclass.dataset import CachedDataset
+    from medclass.preprocess.dataset import CachedDataset
 
     root, rows, secret = tree
     decoded = []

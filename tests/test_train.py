@@ -516,16 +516,6 @@ def test_tensorboard_without_the_package_is_a_clear_error(pngs, tmp_path):
         train(_config(pngs, tmp_path / "tb", tensorboard=True))
 
 
-def test_malloc_tuning_respects_the_environment(monkeypatch):
-    from medclass.train.steps import tune_cpu_malloc
-
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "8589934592")
-    assert tune_cpu_malloc() is False  # the user's own setting wins
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    assert tune_cpu_malloc() in (True, False)  # True on glibc; never raises
-
-
 def test_cli_resume_reads_the_saved_config(tmp_path):
     from medclass.cli import train as cli_train
 

@@ -20,14 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from medclass.checkpoint import _commit_pair, _read_pair, stem_of
-from medclass.checkpoint.sidecar import (
+from medclass.errors import CheckpointError
+from medclass.weights.pair import commit_stem_pair, read_pair, stem_of
+from medclass.weights.sidecar import (
     FORMAT_VERSION,
     SUPPORTED_FORMAT_VERSIONS,
-    _check_digest_fields,
+    check_digest_fields,
     read_json_capped,
 )
-from medclass.errors import CheckpointError
 
 
 @dataclass
@@ -134,7 +134,7 @@ def save_training_state(
     data = st_save(tensors, metadata={"format": "pt"})
     doc["sha256"] = hashlib.sha256(data).hexdigest()
     doc["size"] = len(data)
-    return _commit_pair(stem, ".state", data, json.dumps(doc) + "\n")
+    return commit_stem_pair(stem, ".state", data, json.dumps(doc) + "\n")
 
 
 def _read_state_doc(json_path: Path) -> dict[str, Any]:
@@ -144,7 +144,7 @@ def _read_state_doc(json_path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
         version = doc.get("format_version") if isinstance(doc, dict) else None
         raise CheckpointError(f"unknown format_version {version!r}", json_path)
-    _check_digest_fields(doc, json_path)
+    check_digest_fields(doc, json_path)
     return doc
 
 
@@ -162,7 +162,7 @@ def load_training_state(
     files are missing, corrupt, tampered with, or do not fit the optimizer handed in.
     """
     stem = _state_stem(stem)
-    doc, data, st_path = _read_pair(stem, ".state", _read_state_doc)
+    doc, data, st_path = read_pair(stem, ".state", _read_state_doc)
     try:
         tensors = st_load(data)
         optimizer.load_state_dict(_decode(doc["optimizer"], tensors))

@@ -104,10 +104,9 @@ def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
         allow_outside_root=args.allow_outside_root,
     )
     write_predictions(args.out / "predictions.csv", rows)
-    from medclass.checkpoint import stem_of
+    from medclass.weights import read_meta
 
-    stem = stem_of(args.checkpoint)
-    meta = json.loads((stem.parent / (stem.name + ".json")).read_text(encoding="utf-8"))
+    meta = read_meta(args.checkpoint)
     facts |= {
         "checkpoint": str(args.checkpoint),
         "architecture": meta.get("architecture", "inception_v3"),

@@ -99,8 +99,8 @@ def _progress(enabled: bool | None) -> Callable[[int, int], Callable[[int], None
 
 
 def run(args: argparse.Namespace) -> ExitCode:
+    from medclass.runtime import tune_cpu_malloc
     from medclass.score import ScoreConfig, run_scoring
-    from medclass.train.steps import tune_cpu_malloc
 
     tune_cpu_malloc()  # PERF-NOTES: large batches at 299 px page-fault fresh memory every step without it
     config = ScoreConfig(

@@ -60,10 +60,10 @@ def predict_manifest(
     from torch.utils.data import DataLoader
 
     from medclass import checkpoint as checkpoints
-    from medclass.dataset import CachedDataset
     from medclass.manifest import load_manifest
     from medclass.model import predict_proba
     from medclass.preprocess import Preprocessor
+    from medclass.preprocess.dataset import CachedDataset
 
     ckpt = checkpoints.load(Path(checkpoint))
     meta = ckpt.meta

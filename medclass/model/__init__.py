@@ -32,7 +32,6 @@ from timm.models.inception_v3 import InceptionAux, InceptionV3
 from torch import nn
 
 from medclass.errors import CheckpointError, ConfigError
-from medclass.errors import short_message as _one_line
 from medclass.model.transfer import (
     HEAD_PREFIXES,
     TRANSFER_MODES,
@@ -41,6 +40,8 @@ from medclass.model.transfer import (
     frozen_batchnorms,
     set_train_mode,
 )
+from medclass.preprocess.spec import ARCHITECTURE
+from medclass.weights import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ __all__ = [
     "unwrap",
 ]
 
-ARCHITECTURE = "inception_v3"
 MIN_IMAGE_SIZE = 75  # below this the stem's convolutions and poolings run out of pixels
 
 
@@ -153,60 +153,7 @@ def create_model(
     return model.train()
 
 
-# --- reading weights -------------------------------------------------------------------------------
-def _is_medclass_checkpoint(path: Path) -> bool:
-    if path.suffix == ".json":
-        return True
-    stem = path.with_suffix("") if path.suffix == ".safetensors" else path
-    return (stem.parent / (stem.name + ".json")).is_file() and (
-        stem.parent / (stem.name + ".safetensors")
-    ).is_file()
-
-
-def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read a state dict from a local file without ever running pickled code.
-
-    Accepts a medclass checkpoint (verified through :func:`medclass.checkpoint.read_state_dict`), a
-    ``.safetensors`` file, or a torch file loaded with ``weights_only=True``. Wrapper dicts
-    (``state_dict``/``model``/``state_dict_ema``) and ``module.`` prefixes are removed.
-
-    Returns the tensors by key. Raises :class:`CheckpointError` (naming the file) when the file is missing,
-    unreadable, refused by the weights-only unpickler, or holds something other than tensors.
-    """
-    path = Path(path)
-    if _is_medclass_checkpoint(path):
-        # the later stage, imported here only: checkpoint imports model, never the other way at import time
-        from medclass.checkpoint import read_state_dict as read_checkpoint
-
-        return read_checkpoint(path)[0]
-    if not path.is_file():
-        raise CheckpointError("weights file not found", path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            sd: Any = load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise CheckpointError(f"not a readable safetensors file ({_one_line(exc)})", path) from exc
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(
-                "refusing to unpickle: the weights-only loader rejected this file "
-                f"({_one_line(exc)}); give a plain state dict or .safetensors",
-                path,
-            ) from exc
-    if isinstance(sd, dict):
-        for key in ("state_dict_ema", "state_dict", "model"):
-            if isinstance(sd.get(key), dict):
-                sd = sd[key]
-                break
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError("does not hold a state dict (a mapping of names to tensors)", path)
-    return timm.models.clean_state_dict(sd)
-
-
+# --- reading weights (medclass.weights reads the files) -----------------------------------------
 def _mismatch_message(model: nn.Module, sd: dict[str, torch.Tensor], limit: int = 3) -> str | None:
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

@@ -10,6 +10,10 @@ from medclass.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+ARCHITECTURE = (
+    "inception_v3"  # the timm model medclass builds, reads input specs for and records in checkpoints
+)
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -23,7 +27,7 @@ class InputSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
-    model_name: str = "inception_v3"
+    model_name: str = ARCHITECTURE
 
 
 @lru_cache(maxsize=16)
@@ -44,7 +48,7 @@ def _pretrained(model_name: str) -> tuple[int, tuple[float, ...], tuple[float, .
     return int(height), tuple(data["mean"]), tuple(data["std"]), str(data["interpolation"])
 
 
-def input_spec(model_name: str = "inception_v3", image_size: int | None = None) -> InputSpec:
+def input_spec(model_name: str = ARCHITECTURE, image_size: int | None = None) -> InputSpec:
     """The :class:`InputSpec` of timm's ``model_name``, without building the model.
 
     ``image_size`` overrides the pretrained size (quick runs at 128 or 160 px); mean, std and

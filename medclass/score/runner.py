@@ -11,7 +11,6 @@ operating point, weights sha256) or an exported ONNX model's sidecar, the work i
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -98,12 +97,9 @@ def load_meta(config: ScoreConfig) -> tuple[dict[str, Any], Any]:
         ckpt = checkpoints.load(config.checkpoint)
         meta, model = dict(ckpt.meta), ckpt.model
     else:
-        stem = checkpoints.stem_of(config.checkpoint)
-        sidecar = stem.parent / (stem.name + ".json")
-        try:
-            meta, model = json.loads(sidecar.read_text(encoding="utf-8")), None
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read checkpoint sidecar ({exc})", sidecar) from exc
+        from medclass.weights import read_meta
+
+        meta, model = read_meta(config.checkpoint), None
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise CheckpointError(

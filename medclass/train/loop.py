@@ -27,12 +27,13 @@ import torch
 
 from medclass.errors import ConfigError, DataError
 from medclass.manifest import load_manifest
+from medclass.runtime import tune_cpu_malloc
 from medclass.train import distributed as dist_
 from medclass.train import runfiles
 from medclass.train.config import TrainConfig, check_resumable, read_saved, save_config
 from medclass.train.objective import InceptionLoss, epoch_seed, loss_weights, macro_auc
 from medclass.train.setup import Prepared, prepare
-from medclass.train.steps import StepRunner, predict, tune_cpu_malloc
+from medclass.train.steps import StepRunner, predict
 
 log = logging.getLogger(__name__)
 

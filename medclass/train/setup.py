@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from medclass.dataset import CachedDataset
 from medclass.errors import DataError
 from medclass.model import apply_mode, create_model, to_device
+from medclass.preprocess.dataset import CachedDataset
 from medclass.train import distributed as dist_
 from medclass.train.augment import build_augment
 from medclass.train.config import TrainConfig

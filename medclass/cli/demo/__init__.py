@@ -86,9 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tune_malloc() -> str:
-    """Tune glibc malloc as PERF-NOTES recommends (see :func:`medclass.train.steps.tune_cpu_malloc`), unless
+    """Tune glibc malloc as PERF-NOTES recommends (see :func:`medclass.runtime.tune_cpu_malloc`), unless
     the environment already did (scripts/demo.sh sets the variables); returns what was done."""
-    from medclass.train.steps import tune_cpu_malloc
+    from medclass.runtime import tune_cpu_malloc
 
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
         return "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ from the environment"

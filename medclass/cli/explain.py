@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from medclass.errors import ConfigError, MedclassError
     from medclass.explain import CAM_METHODS, FAITHFULNESS_METRICS, TARGET_LAYERS, Explainer
     from medclass.explain.cam import look_up
-
-    from .job import ExplainRun, Settings
+    from medclass.explain.runner import ExplainRun, Settings
 
     look_up(CAM_METHODS, args.method, "saliency method")
     look_up(TARGET_LAYERS, args.layer, "target layer")

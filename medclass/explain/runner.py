@@ -1,8 +1,9 @@
-"""The work of ``medclass explain``: batches of images → overlays, clinician reports, DICOM, tables.
+"""The explain application: batches of images → overlays, clinician reports, DICOM, tables.
 
 :class:`ExplainRun` collects images, explains them in batches with an :class:`~medclass.explain.Explainer`
-and writes every output; :class:`Settings` holds the command's options. Explanation and reporting meet
-here, in the CLI layer (the report stage takes plain data, never a model).
+and writes every output; :class:`Settings` holds the command's options. ``medclass explain`` parses its
+options and calls this, as ``medclass train`` and ``medclass score`` call their stage's runner; the report
+stage is handed plain data (maps, scores, paths), never a model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("medclass.cli.explain")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

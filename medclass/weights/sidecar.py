@@ -1,7 +1,8 @@
 """The checkpoint sidecar (``<stem>.json``): its canonical digest, size-capped reading and validation.
 
 Every field :func:`medclass.checkpoint.load` relies on is type- and range-checked here; ``meta_sha256``
-(the sha256 of the sidecar's canonical JSON without that key) catches hand edits.
+(the sha256 of the sidecar's canonical JSON without that key) catches hand edits. :func:`read_sidecar` is
+the one place a checkpoint's sidecar is read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medclass.errors import CheckpointError, MedclassError
-from medclass.model import ARCHITECTURE
+from medclass.preprocess.spec import ARCHITECTURE
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -51,7 +52,8 @@ def read_json_capped(
         raise error(f"{what} is not valid JSON ({exc})", path) from exc
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """True for an ``int`` that is not a ``bool`` (JSON integers)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -59,8 +61,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
 
-def _check_digest_fields(meta: dict[str, Any], json_path: Path) -> None:
-    if not _is_int(meta.get("size")) or meta["size"] < 0:
+def check_digest_fields(meta: dict[str, Any], json_path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``meta`` records a byte ``size`` and a ``sha256`` hex digest."""
+    if not is_int(meta.get("size")) or meta["size"] < 0:
         raise CheckpointError(f"sidecar key 'size' is {meta.get('size')!r}, not a byte count", json_path)
     sha = meta.get("sha256")
     if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_HEX):
@@ -69,7 +72,7 @@ def _check_digest_fields(meta: dict[str, Any], json_path: Path) -> None:
 
 def _check_image_size(value: Any, key: str, json_path: Path) -> None:
     lo, hi = IMAGE_SIZE_RANGE
-    if not _is_int(value) or not lo <= value <= hi:
+    if not is_int(value) or not lo <= value <= hi:
         raise CheckpointError(f"sidecar key {key!r} is {value!r}, not an integer in [{lo}, {hi}]", json_path)
 
 
@@ -97,13 +100,13 @@ def _check_input(spec: Any, image_size: int, json_path: Path) -> None:
             raise CheckpointError(f"sidecar key 'input.{key}' is {spec[key]!r}, not a name", json_path)
 
 
-def _validate(meta: dict[str, Any], json_path: Path) -> None:
+def validate(meta: dict[str, Any], json_path: Path) -> None:
     """Refuse a sidecar whose fields :func:`load` and scoring rely on have the wrong type or range."""
     num_classes: Any = meta.get("num_classes")
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise CheckpointError(f"sidecar key 'num_classes' is {num_classes!r}, not an integer >= 1", json_path)
     _check_image_size(meta.get("image_size"), "image_size", json_path)
-    _check_digest_fields(meta, json_path)
+    check_digest_fields(meta, json_path)
     classes = meta.get("classes")
     if classes is not None:
         if not (isinstance(classes, list) and all(isinstance(c, str) and c.strip() for c in classes)):
@@ -120,7 +123,13 @@ def _validate(meta: dict[str, Any], json_path: Path) -> None:
         _check_input(meta["input"], meta["image_size"], json_path)
 
 
-def _read_sidecar(json_path: Path) -> dict[str, Any]:
+def read_sidecar(json_path: Path) -> dict[str, Any]:
+    """The validated sidecar at ``json_path``.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, over :data:`MAX_SIDECAR_BYTES`, not
+    a JSON object, of an unknown ``format_version`` or architecture, edited after saving (``meta_sha256``),
+    or when a field fails :func:`validate`.
+    """
     if not json_path.is_file():
         raise CheckpointError(
             "sidecar .json is missing: the checkpoint is incomplete (interrupted save?) or not a medclass one",
@@ -152,5 +161,5 @@ def _read_sidecar(json_path: Path) -> dict[str, Any]:
             "sidecar was edited after saving (meta_sha256 mismatch); restore it or save the model again",
             json_path,
         )
-    _validate(meta, json_path)
+    validate(meta, json_path)
     return meta

@@ -16,15 +16,11 @@ batches of cached tensors (``medclass.train.augment``).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +30,16 @@ from torch.utils.data import Dataset
 
 from medclass.errors import ConfigError, DataError, UnsafePathError
 from medclass.fileio import atomic_write
+from medclass.preprocess.rows import (
+    DecodeFailure,
+    cache_key,
+    decode_in_worker,
+    decode_row,
+    default_workers,
+    init_worker,
+    one_line,
+    preprocess_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,105 +47,6 @@ CACHE_MODES = ("memory", "disk", "none")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Below this many rows to decode, a process pool costs more (start-up, imports) than it saves.
 _POOL_MIN_ROWS = 32
-
-
-@dataclass(frozen=True)
-class DecodeFailure:
-    """A row that was skipped: its file and the one-line error."""
-
-    path: str
-    frame: int | None
-    error: str
-
-
-def default_workers() -> int:
-    """Decoding processes for the first pass: ``min(2, cpus)``."""
-    return max(1, min(2, os.cpu_count() or 1))
-
-
-def preprocess_fingerprint(preprocessor: Any) -> dict[str, Any]:
-    """The settings of ``preprocessor`` that change its output, as plain JSON-able data."""
-    out: dict[str, Any] = {"type": type(preprocessor).__qualname__}
-    for name in ("spec", "window", "fit"):
-        if hasattr(preprocessor, name):
-            out[name] = _plain(getattr(preprocessor, name))
-    if len(out) == 1:  # unknown callable: fall back on its attributes
-        out["attrs"] = _plain(getattr(preprocessor, "__dict__", repr(preprocessor)))
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return repr(value)
-
-
-def cache_key(path: Path, frame: int | None, fingerprint: dict[str, Any], dtype: str) -> str:
-    """sha256 of (absolute path, mtime, size, frame, preprocessing settings, storage dtype).
-
-    Raises ``OSError`` when the file cannot be stat'ed.
-    """
-    st = path.stat()
-    doc = {
-        "path": str(path.resolve()),
-        "mtime_ns": st.st_mtime_ns,
-        "size": st.st_size,
-        "frame": frame,
-        "prep": fingerprint,
-        "dtype": dtype,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-# --- decoding (runs in worker processes too: module-level, picklable) --------------------------------
-_WORKER_PREPROCESSOR: Any = None
-
-
-def _init_worker(preprocessor: Any) -> None:
-    global _WORKER_PREPROCESSOR
-    _WORKER_PREPROCESSOR = preprocessor
-    torch.set_num_threads(1)
-
-
-def decode_row(path: str | Path, frame: int | None, preprocessor: Callable[[Any], Any]) -> np.ndarray:
-    """Read one image (one frame when ``frame`` is set) and preprocess it → ``3×S×S`` float32 array.
-
-    Raises whatever :mod:`medclass.ingest` or the preprocessor raise.
-    """
-    from medclass import ingest
-
-    if frame is None:
-        image = ingest.read(Path(path), slice_policy="middle")[0]
-    else:
-        image = ingest.read_frame(Path(path), frame)
-    prepared = preprocessor(image)
-    array = getattr(prepared, "array", prepared)
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim != 3 or array.shape[0] != 3:
-        raise DataError(f"preprocessing gave shape {array.shape}, expected 3×S×S", path)
-    if not np.isfinite(array).all():
-        raise DataError("preprocessed image holds NaN or Inf values", path)
-    return array
-
-
-def _decode_in_worker(path: str, frame: int | None) -> tuple[bool, Any]:
-    try:
-        return True, decode_row(path, frame, _WORKER_PREPROCESSOR)
-    except Exception as exc:  # reported as a skipped row, never crashes the run
-        return False, _one_line(exc)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class CachedDataset(Dataset):
@@ -266,7 +173,7 @@ class CachedDataset(Dataset):
                 raise  # a bad manifest, not a bad file: refuse it rather than train on without the row
             except Exception as exc:  # e.g. a symlink loop: skip this row like an unreadable file
                 paths.append(None)
-                self._fail(row.path, row.frame, _one_line(exc))
+                self._fail(row.path, row.frame, one_line(exc))
         return paths
 
     def _fill(self, paths: list[Path | None]) -> None:
@@ -352,19 +259,19 @@ class CachedDataset(Dataset):
                     try:
                         yield pos, True, decode_row(path, self.rows[pos].frame, _init_here)
                     except Exception as exc:
-                        yield pos, False, _one_line(exc)
+                        yield pos, False, one_line(exc)
                     bar.update(1)
                 return
             ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
             with ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=ctx,
-                initializer=_init_worker,
+                initializer=init_worker,
                 initargs=(self.preprocessor,),
             ) as pool:
                 chunk = max(1, min(16, len(jobs) // (4 * self.workers)))
                 frames = [self.rows[pos].frame for pos, _ in jobs]
-                results = pool.map(_decode_in_worker, [p for _, p in jobs], frames, chunksize=chunk)
+                results = pool.map(decode_in_worker, [p for _, p in jobs], frames, chunksize=chunk)
                 for (pos, _), (ok, value) in zip(jobs, results, strict=True):
                     yield pos, ok, value
                     bar.update(1)
