@@ -188,8 +188,8 @@ def test_interrupted_export_is_detected_and_previous_kept(
 ) -> None:
     """A crash between writing the new .onnx and its sidecar: the torn pair is refused (not scored with
     the old sidecar's classes and checksum), and the previous export is kept complete as m.prev.onnx."""
-    from medclass import checkpoint
     from medclass.export import export_onnx, prev_path, read_sidecar, sidecar_path
+    from medclass.weights import pair
 
     _, out = exported
     dst = _copy_export(out, tmp_path)
@@ -199,7 +199,7 @@ def test_interrupted_export_is_detected_and_previous_kept(
     def crash(*args, **kwargs):
         raise OSError("killed between the two renames")
 
-    monkeypatch.setattr(checkpoint, "atomic_write_text", crash)
+    monkeypatch.setattr(pair, "atomic_write_text", crash)
     with pytest.raises(OSError, match="killed"):
         export_onnx(other, dst)
     monkeypatch.undo()

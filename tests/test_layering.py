@@ -55,16 +55,15 @@ def _imported(name: str, tree: ast.Module, modules: dict[str, Path]) -> set[str]
                 stem = ".".join(base + ([node.module] if node.module else []))
             else:
                 stem = node.module or ""
-            targets.add(stem)
-            targets.update(f"{stem}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
-    ran: set[str] = set()
+            subs = {f"{stem}.{alias.name}" for alias in node.names} & modules.keys()
+            targets.update(subs)  # `from pkg import submodule` needs the submodule, not what pkg defines
+            if len(subs) < len(node.names):
+                targets.add(stem)
+    ran = {t for t in targets if t in modules}  # named: an edge even to the module's own package
     own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}
-    for target in targets:
+    for target in targets:  # run on the way: the packages above a named module, unless already running
         parts = target.split(".")
-        for i in range(1, len(parts) + 1):
-            candidate = ".".join(parts[:i])
-            if candidate in modules and candidate not in own:
-                ran.add(candidate)
+        ran.update(p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in modules and p not in own)
     return ran
 
 
@@ -128,6 +127,8 @@ def test_the_graph_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     assert cycles(graph) == []
     (pkg / "a" / "inner.py").write_text("def g():\n    import medclass.c\n")  # lazy, still a cycle
     assert cycles(import_graph(pkg)) == [["medclass.a", "medclass.a.inner", "medclass.b", "medclass.c"]]
+    (pkg / "a" / "inner.py").write_text("from medclass.a import y\n")  # the package imports it back
+    assert cycles(import_graph(pkg)) == [["medclass.a", "medclass.a.inner"]]
 
 
 def test_no_import_cycle_in_medclass() -> None:
