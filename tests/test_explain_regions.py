@@ -3,6 +3,8 @@ baselines; the trained-lesion check lives in test_explain.py (it reuses that fil
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,116 @@ def test_threshold_chosen_on_lesions_fits_their_size():
     assert t == pytest.approx(0.85, abs=0.051) and iou > 0.85
     with pytest.raises(DataError):
         choose_region_threshold(maps, boxes[:1])
+
+
+# --- medclass explain --regions: tables, report, DICOM SR and SEG ------------------------------------------
+@pytest.fixture(scope="module")
+def regions_run(tmp_path_factory) -> dict:
+    from test_explain_outputs import MARKERS, _checkpoint, _run
+
+    from medclass.synth import generate_cxr_dataset
+
+    root = tmp_path_factory.mktemp("regions")
+    data = generate_cxr_dataset(root / "data", n_patients=2, images_per_patient=(1, 2),
+                                sizes=((200, 176), (160, 208)), phi_markers=MARKERS, seed=5)  # fmt: skip
+    stem = _checkpoint(root)
+    out = root / "out"
+    argv = ["explain", "--checkpoint", str(stem), str(root / "data"), "--out", str(out), "--layer", "Mixed_6e",
+            "--faithfulness", "none", "--regions", "--region-threshold", "0.6", "--max-regions", "2",
+            "--dicom", "--seg"]  # fmt: skip
+    rc, logs = _run(argv)
+    return dict(data=data, out=out, rc=rc, logs=logs, stem=stem, root=root)
+
+
+@pytest.mark.slow
+def test_regions_in_tables_and_reports(regions_run):
+    from medclass.cli import ExitCode
+
+    out = regions_run["out"]
+    assert regions_run["rc"] == ExitCode.OK, regions_run["logs"]
+    doc = json.loads((out / "explanations.json").read_text())
+    assert doc["region_threshold"] == 0.6
+    sizes = {r.sop_uid: (r.rows, r.cols) for r in regions_run["data"].records}
+    assert len(doc["images"]) == len(sizes)
+    for row in doc["images"]:
+        assert 1 <= row["n_regions"] == len(row["regions"]) <= 2
+        first = row["regions"][0]
+        assert first["rank"] == 1 and first["peak"] == pytest.approx(
+            1.0, abs=0.02
+        )  # maps scaled to their peak
+        assert first["mean"] >= 0.6 * first["peak"] - 1e-6
+        x0, y0, x1, y1 = first["box"]
+        assert 0 <= x0 < x1 and 0 <= y0 < y1 and len(first["polygon"]) >= 3
+        assert row["region_1_box"] == " ".join(f"{v:.1f}" for v in first["box"])
+        assert row["regions_sr"].endswith("_regions_sr.dcm") and row["regions_seg"].endswith(
+            "_regions_seg.dcm"
+        )
+    header = (out / "explanations.csv").read_text().splitlines()[0].split(",")
+    assert {"n_regions", "region_1_box", "region_2_peak", "regions_sr", "regions_seg"} <= set(header)
+    assert "regions" not in header  # polygons only in the JSON
+    html = (out / doc["images"][0]["report_html"]).read_text()
+    assert "Regions: connected areas where the map is at least 0.6 × its peak" in html
+    assert "not a segmentation" in html
+    n_in_report = sum(r["report_html"] == doc["images"][0]["report_html"] for r in doc["images"])
+    assert html.count("data:image/png;base64,") == 3 * n_in_report  # original, overlay, regions
+
+
+@pytest.mark.slow
+def test_regions_sr_and_seg_validate_and_reference_the_source(regions_run):
+    import subprocess
+
+    import pydicom
+    from test_explain_outputs import NEEDLES, need
+
+    dciodvfy = need("dciodvfy")
+    out = regions_run["out"]
+    sources = {r.sop_uid: r for r in regions_run["data"].records}
+    doc = json.loads((out / "explanations.json").read_text())
+    for row in doc["images"]:
+        for name in (row["regions_sr"], row["regions_seg"]):
+            res = subprocess.run([dciodvfy, str(out / name)], capture_output=True, text=True)
+            errors = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
+            assert errors == [], f"{name}: {errors}"
+            blob = (out / name).read_bytes()
+            assert not [n for n in NEEDLES if n.encode() in blob], f"identifiers in {name}"
+        sr = pydicom.dcmread(out / row["regions_sr"])
+        assert sr.SOPClassUID.name == "Comprehensive 3D SR Storage"
+        assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+        scoords = _items(sr.ContentSequence, "SCOORD")
+        assert len(scoords) == 2 * row["n_regions"]  # outline and box per region
+        ref = scoords[0].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        assert ref in sources and sr.StudyInstanceUID == sources[ref].study_uid
+        rows, cols = sources[ref].rows, sources[ref].cols
+        for it in scoords:
+            pts = np.asarray(it.GraphicData, float).reshape(-1, 2)
+            assert it.GraphicType == "POLYLINE" and np.allclose(pts[0], pts[-1])  # closed
+            assert (pts[:, 0] >= 0).all() and (pts[:, 0] <= cols).all() and (pts[:, 1] <= rows).all()
+        box = np.asarray(scoords[1].GraphicData, float).reshape(-1, 2)
+        assert box[:, 0].min() == pytest.approx(row["regions"][0]["box"][0], abs=0.01)
+        seg = pydicom.dcmread(out / row["regions_seg"])
+        assert seg.SegmentationType == "BINARY" and seg.StudyInstanceUID == sources[ref].study_uid
+        assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == ref
+        mask = seg.pixel_array.reshape(rows, cols).astype(bool)
+        px, py = row["regions"][0]["peak_xy"]
+        assert mask[int(py), int(px)] and mask.sum() >= row["regions"][0]["area_px"]
+        assert str(seg.PatientName) in ("ANONYMIZED^", "ANONYMIZED") and seg.PatientIdentityRemoved == "YES"
+
+
+def _items(seq, value_type: str) -> list:
+    """Every content item of ``value_type`` in an SR content tree."""
+    out = []
+    for it in seq:
+        if it.ValueType == value_type:
+            out.append(it)
+        out += _items(it.get("ContentSequence", []), value_type)
+    return out
+
+
+def test_region_flags_need_regions_and_dicom(tmp_path, capsys):
+    from medclass.cli import ExitCode, main
+
+    base = ["explain", "--checkpoint", str(tmp_path / "none"), str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*base, "--seg"]) == ExitCode.ERROR
+    assert "need --regions" in capsys.readouterr().err
+    assert main([*base, "--regions", "--seg"]) == ExitCode.ERROR
+    assert "add --dicom" in capsys.readouterr().err

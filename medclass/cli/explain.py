@@ -23,6 +23,7 @@ examples:
   medclass explain --checkpoint runs/r1/best scans/case1.dcm --out reports/r1/saliency
   medclass explain --checkpoint runs/r1/best scans/ --out sal --method gradcam++ --layer Mixed_6e --dicom
   medclass explain --checkpoint runs/r1/best scans/ --out sal --metrics reports/r1/metrics.json
+  medclass explain --checkpoint runs/r1/best scans/ --out sal --regions --dicom --seg
 """
 
 
@@ -65,6 +66,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=Path, help="metrics.json of `medclass evaluate` (operating points)")
     parser.add_argument("--slice-policy", default="middle", help="which slices of a volume to explain")
     parser.add_argument("--batch-size", type=int, default=8, help="images per saliency batch")
+    regions = parser.add_argument_group(
+        "regions (boxes and outlines of the map; not a segmentation of disease)"
+    )
+    regions.add_argument("--regions", action="store_true", help="ranked regions of each map into the outputs")
+    regions.add_argument(
+        "--region-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep the map ≥ T × its peak (0..1; default 0.5; the demo chooses it on lesions)",
+    )
+    regions.add_argument(
+        "--max-regions", type=int, default=None, metavar="K", help="keep the K best (default 3)"
+    )
+    regions.add_argument(
+        "--seg", action="store_true", help="with --regions --dicom: also a DICOM Segmentation"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,8 +93,13 @@ def run(args: argparse.Namespace) -> int:
     from medclass.errors import ConfigError, MedclassError
     from medclass.explain import CAM_METHODS, FAITHFULNESS_METRICS, TARGET_LAYERS, Explainer
     from medclass.explain.cam import look_up
+    from medclass.explain.regions import DEFAULT_MAX_REGIONS, DEFAULT_THRESHOLD
     from medclass.explain.runner import ExplainRun, Settings
 
+    if not args.regions and (args.region_threshold is not None or args.max_regions is not None or args.seg):
+        raise ConfigError("--region-threshold, --max-regions and --seg need --regions")
+    if args.seg and not args.dicom:
+        raise ConfigError("--seg writes DICOM: add --dicom")
     look_up(CAM_METHODS, args.method, "saliency method")
     look_up(TARGET_LAYERS, args.layer, "target layer")
     if args.faithfulness != "none":
@@ -112,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         sanity_check=args.sanity_check,
         slice_policy=args.slice_policy,
         batch_size=args.batch_size,
+        regions=args.regions,
+        region_threshold=DEFAULT_THRESHOLD if args.region_threshold is None else args.region_threshold,
+        max_regions=DEFAULT_MAX_REGIONS if args.max_regions is None else args.max_regions,
+        seg=args.seg,
     )
     explainer = Explainer(
         ckpt.model, method=args.method, layer=args.layer, batch_size=args.batch_size, task=ckpt.task

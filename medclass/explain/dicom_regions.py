@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -240,3 +241,39 @@ def regions_seg(
         seg.PatientOrientation = src.get("PatientOrientation") or None  # Type 2C without a patient frame
     _deidentified(seg, include_phi)
     return seg
+
+
+def write_region_dicoms(
+    meta: ImageMeta,
+    regions: Sequence[Region],
+    mask: np.ndarray | None,
+    stem: Path,
+    *,
+    method: str,
+    explained_class: str,
+    threshold: float,
+    include_phi: bool = False,
+    series: dict[str, str] | None = None,
+    instance_number: int = 1,
+) -> dict[str, Path]:
+    """Write the regions SR (``<stem>_regions_sr.dcm``) and, when ``mask`` is given, the SEG
+    (``<stem>_regions_seg.dcm``) of one DICOM source. ``series`` (``{"sr": uid, "seg": uid}``, filled on
+    first use) lets the images of one study share their series. Returns ``{"sr": path, "seg": path}`` for
+    what was written (nothing for a map without regions). Raises like :func:`regions_sr`/:func:`regions_seg`.
+    """
+    from medclass.explain.dicom_out import write_dataset
+
+    if not regions:
+        return {}
+    series = {} if series is None else series
+    src = read_source_header(meta)
+    common: dict[str, Any] = dict(method=method, explained_class=explained_class, include_phi=include_phi,
+                                  source=src, instance_number=instance_number)  # fmt: skip
+    sr = regions_sr(
+        meta, regions, threshold=threshold, series_uid=series.setdefault("sr", generate_uid()), **common
+    )
+    out = {"sr": write_dataset(sr, stem.with_name(stem.name + "_regions_sr.dcm"))}
+    if mask is not None:
+        seg = regions_seg(meta, mask, series_uid=series.setdefault("seg", generate_uid()), **common)
+        out["seg"] = write_dataset(seg, stem.with_name(stem.name + "_regions_seg.dcm"))
+    return out

@@ -222,3 +222,33 @@ def choose_region_threshold(
         "region threshold %.2f chosen on %d validation lesions (mean IoU %.3f)", best[0], len(maps), best[1]
     )
     return best
+
+
+def regions_figure_png(display: np.ndarray, regions: Sequence[Region], width_px: int = 640) -> bytes:
+    """The windowed image (H×W, 0..1) with each region's outline (solid) and box (dashed), numbered by
+    rank, as PNG bytes ``width_px`` wide: the picture the clinician report shows beside the overlay."""
+    import io
+
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Polygon, Rectangle
+
+    h, w = display.shape[:2]
+    fig = Figure(figsize=(width_px / 100, width_px / 100 * h / w), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(display, cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0), interpolation="antialiased")
+    colours = ("#ffd400", "#00e5ff", "#ff4fd8", "#7CFC00", "#ff8c00")
+    for r in regions:
+        c = colours[(r.rank - 1) % len(colours)]
+        ax.add_patch(Polygon(r.polygon, closed=True, fill=False, edgecolor=c, linewidth=1.6))
+        x0, y0, x1, y1 = r.box
+        ax.add_patch(
+            Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=1.0, linestyle="--")
+        )
+        ax.text(x0, y0, f" {r.rank}", color="black", fontsize=10, weight="bold", va="bottom", ha="left",
+                backgroundcolor=c, parse_math=False)  # fmt: skip
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_axis_off()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -33,6 +33,10 @@ class Settings:
     sanity_check: bool = False
     slice_policy: str = "middle"
     batch_size: int = 8
+    regions: bool = False  # ranked regions (box + outline) of each map: medclass.explain.regions
+    region_threshold: float = 0.5
+    max_regions: int = 3
+    seg: bool = False  # with regions and dicom: a DICOM SEG of the thresholded map
 
 
 @dataclass
@@ -41,6 +45,7 @@ class _Study:
     patient: dict[str, str]
     sections: list[Any] = field(default_factory=list)
     series_uid: str = ""
+    region_series: dict[str, str] = field(default_factory=dict)
 
 
 def _image_ids(meta: Any) -> tuple[str, str]:
@@ -79,6 +84,11 @@ class ExplainRun:
         self.size = spec.size
         self.grid = layer_grid(ckpt.model, settings.layer, spec.size)
         self.overlay = Overlay(settings.colormap, settings.opacity, settings.top_percent)
+        self.finder = None
+        if settings.regions:
+            from medclass.explain.regions import RegionFinder
+
+            self.finder = RegionFinder(settings.region_threshold, settings.max_regions)
         self.operating_points = operating_points_from_meta(merge_evaluation(meta, metrics_doc))
         manifest = meta.get("manifest") or meta.get("manifest_name") or "manifest"
         sha = meta.get("manifest_sha256")
@@ -189,6 +199,7 @@ class ExplainRun:
             row |= {"source": meta.source, "sop_uid": meta.sop_uid, "study_uid": meta.study_uid}
         if self.s.dicom:
             row["dicom"] = self._dicom(rgb, meta, image_id, study)
+        regions = self._regions(row, saliency, meta, image_id, study, self.classes[target])
         if self.s.sr and meta.format == "dicom":
             from medclass.explain.dicom_out import scores_sr, write_dataset
 
@@ -210,6 +221,7 @@ class ExplainRun:
                 faithfulness=None if faith is None else float(faith),
                 faithfulness_metric=self.s.faithfulness or "",
                 faithfulness_meaning=meaning,
+                **({} if regions is None else _region_section(display, regions)),
             )
         )
         self.rows.append(row)
@@ -233,6 +245,27 @@ class ExplainRun:
             series_uid=study.series_uid,
         )
         return write_dataset(ds, self.out / f"{image_id}_saliency.dcm").name
+
+    def _regions(self, row: dict[str, Any], saliency: Any, meta: Any, image_id: str, study: _Study,
+                 explained: str) -> Any:  # fmt: skip
+        """Regions of the map into ``row`` (and, with --dicom, an SR and optional SEG); None when off."""
+        if self.finder is None:
+            return None
+        from medclass.explain.dicom_regions import write_region_dicoms
+        from medclass.explain.regions import csv_fields, regions_mask
+
+        regions = self.finder(saliency)
+        row |= csv_fields(regions, self.s.max_regions) | {"regions_sr": "", "regions_seg": ""}
+        row["regions"] = [r.to_dict() for r in regions]
+        if self.s.dicom and meta.format == "dicom" and regions:
+            mask = regions_mask(saliency, self.s.region_threshold) if self.s.seg else None
+            written = write_region_dicoms(meta, regions, mask, self.out / image_id, method=self.s.method,
+                                          explained_class=explained, threshold=self.s.region_threshold,
+                                          include_phi=self.s.include_phi, series=study.region_series,
+                                          instance_number=len(study.sections) + 1)  # fmt: skip
+            row["regions_sr"] = written["sr"].name
+            row["regions_seg"] = written["seg"].name if "seg" in written else ""
+        return regions
 
     def _patient_fields(self, meta: Any) -> dict[str, str]:
         from medclass.phi import pseudonym
@@ -271,6 +304,7 @@ class ExplainRun:
                 generated=self.generated,
                 top_percent=self.s.top_percent,
                 colormap=self.s.colormap,
+                region_threshold=self.s.region_threshold if self.s.regions else None,
             )
             atomic_write_text(self.out / f"{study.report_id}_report.html", render_html(report))
             if self.s.pdf:
@@ -283,6 +317,7 @@ class ExplainRun:
             "input_size": self.size,
             "model_sha256": self.card.model_sha256,
             "randomisation_check_spearman": self.card.randomisation_check,
+            "region_threshold": self.s.region_threshold if self.s.regions else None,
             "deidentified": not self.s.include_phi,
             "generated": self.generated,
             "images": self.rows,
@@ -292,11 +327,21 @@ class ExplainRun:
             self.out / "explanations.json",
             json.dumps(doc, indent=2, allow_nan=False, default=_nan_none) + "\n",
         )
-        fields = list(dict.fromkeys(k for r in self.rows for k in r)) or ["image_id"]
+        fields = [k for k in dict.fromkeys(k for r in self.rows for k in r) if k != "regions"] or ["image_id"]
         write_csv(self.out / "explanations.csv", self.rows, fields)
         atomic_write_text(
             self.out / "index.html", render_index(self.rows, errors, self.s.method, self.s.layer)
         )
+
+
+def _region_section(display: Any, regions: Any) -> dict[str, Any]:
+    """The regions figure and table rows of a report section (plain data for the report stage)."""
+    from medclass.explain.regions import regions_figure_png
+
+    table = tuple(
+        {"rank": r.rank, "box": r.box, "area_px": r.area_px, "peak": r.peak, "mean": r.mean} for r in regions
+    )
+    return {"regions_png": regions_figure_png(display, regions), "regions": table}
 
 
 def _nan_none(value: Any) -> Any:

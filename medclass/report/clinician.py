@@ -47,6 +47,8 @@ class ImageSection:
     faithfulness: float | None = None
     faithfulness_metric: str = ""
     faithfulness_meaning: str = ""
+    regions_png: bytes = b""  # the image with the map's regions drawn (empty: regions not asked for)
+    regions: tuple[Mapping[str, Any], ...] = ()  # rank, box (x0, y0, x1, y1), area_px, peak, mean
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,19 @@ class ClinicianReport:
     generated: str = ""
     top_percent: float | None = 10.0
     colormap: str = "jet"
+    region_threshold: float | None = None  # regions were found at this fraction of each map's peak
+
+
+def region_lines(sec: ImageSection, threshold: float | None) -> list[str]:
+    """What the regions of one image are, in words, for the HTML and the PDF (empty when none asked)."""
+    if threshold is None:
+        return []
+    head = (f"Regions: connected areas where the map is at least {threshold:g} × its peak, ranked by peak; "
+            "outline solid, box dashed, in original pixels. They show where the map is high, not where "
+            "disease is: a region is not a lesion and not a segmentation.")  # fmt: skip
+    rows = [f"{r['rank']}: box x {r['box'][0]:.0f}–{r['box'][2]:.0f}, y {r['box'][1]:.0f}–{r['box'][3]:.0f} "
+            f"({r['area_px']} px), peak {r['peak']:.2f}, mean {r['mean']:.2f}" for r in sec.regions]  # fmt: skip
+    return [head, *(rows or ["no region: the map is empty"])]
 
 
 # --- texts shared by the HTML and the PDF ---------------------------------------------------------
@@ -214,6 +229,14 @@ def _image_section(report: ClinicianReport, index: int, sec: ImageSection) -> st
             f"<span class='muted'>{_e(sec.faithfulness_meaning)}</span></p>"
         )
     outline = "" if report.top_percent is None else f"; white outline: top {report.top_percent:g}% of the map"
+    lines = region_lines(sec, report.region_threshold)
+    regions = ""
+    if lines:
+        figure = (
+            f"<figure>{_img(sec.regions_png, 'saliency regions')}<figcaption>Regions</figcaption></figure>"
+        )
+        regions = (f"<div class='imgs'>{figure if sec.regions_png else ''}</div><p class='muted'>{_e(lines[0])}</p>"
+                   f"<ol class='muted'>{''.join(f'<li>{_e(t)}</li>' for t in lines[1:])}</ol>")  # fmt: skip
     return (
         f"<section><h2>Image {index}: {_e(sec.description)} <span class='muted'>({_e(sec.image_id)})</span></h2>"
         f"<div class='imgs'><figure>{_img(sec.original_png, 'original image')}"
@@ -222,7 +245,7 @@ def _image_section(report: ClinicianReport, index: int, sec: ImageSection) -> st
         f"<b>{_e(sec.explained_class)}</b> ({_e(report.method)}, {_e(report.colormap)} colours{_e(outline)})"
         "</figcaption></figure></div>"
         "<table><tr><th>Class</th><th>Probability</th><th>Threshold</th><th>Call</th></tr>"
-        f"{''.join(rows)}</table>{faith}</section>"
+        f"{''.join(rows)}</table>{faith}{regions}</section>"
     )
 
 

@@ -21,6 +21,7 @@ from medclass.report.clinician import (
     fmt,
     method_limits,
     operating_point_for,
+    region_lines,
     threshold_text,
 )
 
@@ -120,10 +121,15 @@ def _image_page(report: ClinicianReport, index: int, sec: ImageSection):
     _banner(fig)
     w = _Writer(fig, top=0.90)
     w.line(f"Image {index}: {sec.description} ({sec.image_id})", size=12, weight="bold")
-    for k, (png, title) in enumerate(
-        ((sec.original_png, "Original (windowed)"), (sec.overlay_png, f"Saliency: {sec.explained_class}"))
-    ):
-        ax = fig.add_axes((0.05 + k * 0.46, 0.45, 0.44, 0.40))
+    pictures = [
+        (sec.original_png, "Original (windowed)"),
+        (sec.overlay_png, f"Saliency: {sec.explained_class}"),
+    ]
+    if sec.regions_png:
+        pictures.append((sec.regions_png, "Regions"))
+    width = 0.9 / len(pictures)
+    for k, (png, title) in enumerate(pictures):
+        ax = fig.add_axes((0.05 + k * width, 0.45, width - 0.02, 0.40))
         ax.imshow(_decode(png), interpolation="antialiased")
         ax.set_title(title, fontsize=9, parse_math=False)
         ax.set_axis_off()
@@ -144,6 +150,8 @@ def _image_page(report: ClinicianReport, index: int, sec: ImageSection):
     if sec.faithfulness_metric:
         w.line(f"Faithfulness ({sec.faithfulness_metric}): {fmt(sec.faithfulness)}", weight="bold")
         w.line(sec.faithfulness_meaning, size=8.5, color="#333")
+    for text in region_lines(sec, report.region_threshold):
+        w.line(text, size=8.5)
     return fig
 
 
