@@ -125,6 +125,12 @@ class CheckpointError(MedclassError):
     kind = "checkpoint"
 
 
+class DicomOutputError(MedclassError):
+    """A DICOM output (Secondary Capture, SR) cannot be built from this source's header values."""
+
+    kind = "dicom-output"
+
+
 class DataError(MedclassError):
     """Inputs to a computation are unusable as a whole (an empty split, ids that do not match...)."""
 
