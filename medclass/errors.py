@@ -141,3 +141,16 @@ def short_message(exc: BaseException, limit: int = 200) -> str:
     """``exc``'s message on one line (whitespace runs collapsed), cut at ``limit`` characters with "…"."""
     text = " ".join(str(exc).split())
     return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def error_kind(exc: BaseException) -> str:
+    """The kind of a per-item failure: the :class:`MedclassError`'s ``kind``, else ``internal`` (a bug in
+    medclass, never a property of the input; reported per item so that the run goes on)."""
+    return exc.kind if isinstance(exc, MedclassError) else "internal"
+
+
+def describe(exc: BaseException, limit: int = 500) -> str:
+    """``kind: message`` on one line for a per-item error row/log line; the message names the file when
+    the error does, and an unexpected exception keeps its type (``internal: KeyError: 'x'``)."""
+    text = short_message(exc, limit) if isinstance(exc, MedclassError) else f"{type(exc).__name__}: {exc}"
+    return f"{error_kind(exc)}: {' '.join(text.split()) or type(exc).__name__}"

@@ -104,3 +104,52 @@ def test_slice_policies(tmp_path):
 def test_unknown_reader_lists_valid():
     with pytest.raises(ConfigError, match="valid: dicom, nifti, png, jpeg, npz"):
         ingest.get_reader("tiff")
+
+
+# --- a series with one corrupt slice ----------------------------------------------------------------
+@pytest.fixture
+def series_with_corrupt_slice(tmp_path, dicom_samples) -> tuple[Path, Path]:
+    """The 3-slice GE CT with its middle file's pixel data cut in half (header intact, so it is grouped)."""
+    import shutil
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for f in sorted((dicom_samples / "dcmqi_ct-3slice").glob("0*.dcm")):
+        shutil.copy(f, folder / f.name)
+    bad = folder / "02.dcm"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    return folder, bad
+
+
+def test_series_with_a_corrupt_slice_gives_every_readable_slice(series_with_corrupt_slice):
+    from medclass.errors import CorruptFileError
+
+    folder, bad = series_with_corrupt_slice
+    [series] = ingest.discover([folder])
+    assert series.format == "dicom-series" and len(series.paths) == 3  # the bad file is still in the volume
+    got = list(ingest.load_each(series))
+    images = [g for g in got if isinstance(g, ingest.Image)]
+    failed = [g for g in got if isinstance(g, ingest.Failed)]
+    assert [Path(i.meta.source).name for i in images] == ["03.dcm", "01.dcm"]  # sorted by position
+    assert len(failed) == 1 and failed[0].path == str(bad) and failed[0].index == 1
+    assert isinstance(failed[0].error, CorruptFileError)
+    # operations that need the whole volume keep failing it, naming the bad file
+    with pytest.raises(CorruptFileError, match="max-foreground needs every slice") as info:
+        ingest.load(series, slice_policy="max-foreground")
+    assert info.value.path == str(bad)
+    [whole] = list(ingest.load_each(series, slice_policy="max-foreground"))
+    assert isinstance(whole, ingest.Failed) and whole.path == str(bad) and whole.index is None
+    with pytest.raises(CorruptFileError):  # load() of every slice is all or nothing, naming the file
+        ingest.load(series)
+
+
+def test_inspect_lists_the_series_and_the_corrupt_file_on_its_own(series_with_corrupt_slice):
+    from medclass.ingest.summary import summarize_rows
+
+    folder, bad = series_with_corrupt_slice
+    [series] = ingest.discover([folder])
+    row, bad_row = summarize_rows(series)
+    assert row.ok and row.files == 3 and row.frames == 2 and row.modality == "CT"
+    assert bad_row.path == str(bad) and bad_row.error_kind == "corrupt" and "pixel data" in bad_row.error
+    assert "failed_slices" not in row.as_dict() and "exception" not in row.as_dict()

@@ -399,7 +399,7 @@ def test_preview_writes_pngs_and_collects_errors(tmp_path, capsys):
     code, out = _preview(tmp_path, src / "grad.png", tmp_path / "missing.dcm")
     assert code == ExitCode.PARTIAL
     err = capsys.readouterr().err
-    assert "missing.dcm" in err and "1 of 2 input(s) failed" in err
+    assert "missing.dcm" in err and "1 image(s) of 2 input(s) failed" in err
 
 
 @needs_ingest

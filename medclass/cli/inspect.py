@@ -92,7 +92,7 @@ def _window_of(name: str) -> Any:
 def run(args: argparse.Namespace) -> ExitCode:
     from medclass.fileio import write_csv
     from medclass.ingest import discover
-    from medclass.ingest.summary import header_window, summarize
+    from medclass.ingest.summary import header_window, summarize_rows
 
     sources = discover(args.paths, group=not args.no_group)
     if not sources:
@@ -103,22 +103,28 @@ def run(args: argparse.Namespace) -> ExitCode:
     rows = []
     for src in sources:
         try:
-            row = summarize(src, max_bytes=max_bytes, window_of=window_of)
+            found = summarize_rows(src, max_bytes=max_bytes, window_of=window_of)
         except Exception as exc:  # a bug: carry on with the other files unless asked for the traceback
             if args.traceback:
                 raise
             from medclass.ingest.summary import SourceSummary
 
-            row = SourceSummary(
-                path=src.path, format=src.format, error_kind="internal", error=f"{type(exc).__name__}: {exc}"
-            )
-        rows.append(row)
-        if args.json:
-            print(json.dumps(row.as_dict()), flush=True)
-        elif row.error:  # failures on stderr (they survive `> listing.txt`), one line each
-            print(_text_line(row), file=sys.stderr, flush=True)
-        else:
-            print(_text_line(row), flush=True)
+            found = [
+                SourceSummary(
+                    path=src.path,
+                    format=src.format,
+                    error_kind="internal",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            ]
+        for row in found:  # a series with a corrupt slice: the series, then the bad file on its own row
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row.as_dict()), flush=True)
+            elif row.error:  # failures on stderr (they survive `> listing.txt`), one line each
+                print(_text_line(row), file=sys.stderr, flush=True)
+            else:
+                print(_text_line(row), flush=True)
     failed = [r for r in rows if r.error]
     n_ok = len(rows) - len(failed)
     if args.errors_csv:

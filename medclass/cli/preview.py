@@ -114,7 +114,8 @@ def render(image: Any, preprocessor: Any, path: Path, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitCode:
-    from medclass.ingest import discover, get_slice_policy, load
+    from medclass.errors import describe
+    from medclass.ingest import Failed, discover, get_slice_policy, load_each
     from medclass.preprocess import Preprocessor, input_spec
 
     preprocessor = Preprocessor(input_spec(args.model, args.size), window=args.window, fit=args.fit)
@@ -127,19 +128,29 @@ def run(args: argparse.Namespace) -> ExitCode:
     taken: set[str] = set()
     written, failed = 0, 0
     for source in sources:
-        try:
-            images = load(source, slice_policy=slice_policy)
-            for image in images:
-                name = png_name(image.meta.source or source.path, image.meta.index, taken)
-                render(image, preprocessor, args.out / name, name)
-                written += 1
-                log.debug("%s: wrote %s", source, name)
-        except MedclassError as exc:
+        for item in load_each(source, slice_policy=slice_policy):  # a corrupt slice fails alone
+            if isinstance(item, Failed):
+                where, exc = item.path, item.error
+            else:
+                name = png_name(item.meta.source or source.path, item.meta.index, taken)
+                try:
+                    render(item, preprocessor, args.out / name, name)
+                except Exception as exc_:  # preprocess/render failure: this image's error, the run goes on
+                    if args.traceback and not isinstance(exc_, MedclassError):
+                        raise
+                    where, exc = item.meta.source or source.path, exc_
+                else:
+                    written += 1
+                    log.debug("%s: wrote %s", source, name)
+                    continue
             failed += 1
-            where = str(exc) if exc.path else f"{source}: {exc.message}"
-            print(f"FAILED {exc.kind}: {where}", file=sys.stderr)
+            if args.traceback and not isinstance(exc, MedclassError):
+                raise exc
+            message = describe(exc)
+            print(f"FAILED {message if where in message else f'{where}: {message}'}", file=sys.stderr)
+            log.warning("%s failed: %s", where, message)
     print(
-        f"wrote {written} PNG(s) to {args.out}; {failed} of {len(sources)} input(s) failed",
+        f"wrote {written} PNG(s) to {args.out}; {failed} image(s) of {len(sources)} input(s) failed",
         file=sys.stderr if failed else sys.stdout,
     )
     if not failed:

@@ -7,6 +7,7 @@ Public API::
     read_meta(path) -> ImageMeta                           # header only
     discover(paths) -> list[Source]                        # folders walked, DICOM series grouped
     load(source, *, slice_policy="all") -> list[Image]
+    load_each(source, *, slice_policy="all") -> Iterator[Image | Failed]   # one bad slice fails alone
     frames(path_or_source) -> Frames                       # lazy sequence of the images
 
 Formats are recognised by content (:func:`sniff`); readers live in :data:`READERS` (name → reader),
@@ -19,6 +20,8 @@ is a :class:`~medclass.errors.InputError` subclass naming the file. ``max_bytes`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from medclass.errors import ConfigError
 from medclass.ingest.base import DEFAULT_MAX_BYTES, Frames, Reader, max_image_bytes
@@ -47,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "READERS",
     "SLICE_POLICIES",
+    "Failed",
     "Frames",
     "Image",
     "ImageMeta",
@@ -60,6 +64,7 @@ __all__ = [
     "get_reader",
     "get_slice_policy",
     "load",
+    "load_each",
     "max_image_bytes",
     "read",
     "read_frame",
@@ -100,6 +105,59 @@ def load(
     policy = get_slice_policy(slice_policy)
     fr = frames(source, max_bytes=max_bytes)
     return fr.take(policy(fr))
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An image that could not be loaded: ``path`` is the file to blame (for a series, the slice's own
+    file), ``index`` the frame/slice index within the source (None when the source failed as a whole)."""
+
+    path: str
+    index: int | None
+    error: Exception
+
+
+def load_each(
+    source: Source, *, slice_policy: str | SlicePolicy = "all", max_bytes: int | None = None
+) -> Iterator[Image | Failed]:
+    """The images of ``source`` chosen by ``slice_policy``, each on its own: an image that cannot be
+    decoded comes as a :class:`Failed` (a corrupt slice of a series names its own file) and the others
+    still come. When the source cannot be opened, or the policy needs every slice (``max-foreground``)
+    and one is unusable, the source fails as a whole: one :class:`Failed`.
+
+    For per-item commands (explain, preview); unexpected exceptions are handed back the same way, so
+    that the caller reports them per item. Raises :class:`ConfigError` for an unknown policy only.
+    """
+    policy = get_slice_policy(slice_policy)
+    try:
+        fr = frames(source, max_bytes=max_bytes)
+        indices = list(policy(fr))
+    except Exception as exc:
+        yield Failed(_blame(source, None, exc), None, exc)
+        return
+    try:
+        images = fr.take(indices)  # one decode of a compressed multi-frame file, when nothing fails
+    except Exception:
+        images = None
+    if images is not None:
+        yield from images
+        return
+    for i in indices:  # something failed: each image alone, so that only the bad one fails
+        try:
+            image = fr[i]
+        except Exception as exc:
+            yield Failed(_blame(source, i, exc), i, exc)
+            continue
+        yield image
+
+
+def _blame(source: Source, index: int | None, exc: Exception) -> str:
+    path = getattr(exc, "path", None)
+    if path:
+        return str(path)
+    if index is not None and source.format == "dicom-series":
+        return source.paths[index]
+    return source.path
 
 
 def read(

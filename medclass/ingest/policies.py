@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from medclass.errors import ConfigError
+from medclass.errors import ConfigError, MedclassError
 from medclass.ingest.base import Frames
 
 
@@ -66,7 +66,14 @@ class MaxForeground:
             return [0]
         thumbs = []
         for i in range(n):
-            img = frames[i]
+            try:
+                img = frames[i]
+            except MedclassError as exc:  # the choice needs every slice: the volume fails, naming the file
+                raise type(exc)(
+                    f"max-foreground needs every slice of the volume; slice {i + 1} of {n} is unusable: "
+                    f"{exc.message}",
+                    exc.path or frames.path,
+                ) from exc
             px = img.pixels if img.pixels.ndim == 2 else img.pixels.mean(axis=-1)
             step = max(1, max(px.shape) // self.size)
             t = px[::step, ::step]

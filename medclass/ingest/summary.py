@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from medclass.errors import MedclassError
 from medclass.ingest.types import Image, Source, Window
 
 NO_WINDOW = "none: percentile at preprocess"
+_INTERNAL = ("failed_slices", "exception")
 
 
 @dataclass
@@ -32,13 +33,16 @@ class SourceSummary:
     window_source: str = ""
     error_kind: str = ""
     error: str = ""
+    # slices of a series that failed on their own (their rows, see :func:`summarize_rows`); not in as_dict
+    failed_slices: list[SourceSummary] = field(default_factory=list, repr=False)
+    exception: MedclassError | None = field(default=None, repr=False)  # of an error row, for re-raising
 
     @property
     def ok(self) -> bool:
         return not self.error
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _INTERNAL}
 
 
 def header_window(image: Image) -> Window | None:
@@ -68,10 +72,16 @@ def summarize(
         first: Image | None = None
         middle: Image | None = None
         for i in range(n):
-            img = fr[i]
+            try:
+                img = fr[i]
+            except MedclassError as exc:
+                if source.format != "dicom-series":
+                    raise
+                row.failed_slices.append(_failed(source.paths[i], "dicom", exc))  # that file alone fails
+                continue
             if first is None:
                 first = img
-            if i == n // 2:
+            if middle is None and i >= n // 2:
                 middle = img
             px = img.pixels
             if img.mask is not None:
@@ -79,13 +89,14 @@ def summarize(
                 px = px[img.mask] if px.ndim == 2 else px[img.mask, :]
             if px.size:
                 lo, hi = min(lo, float(px.min())), max(hi, float(px.max()))
-        assert first is not None and middle is not None  # Frames are never empty
+        if first is None or middle is None:  # every slice of the series failed
+            raise row.failed_slices.pop(0).exception or MedclassError("no slice decoded", source.path)
         meta = first.meta
         row.format = meta.format if source.format != "dicom-series" else source.format
         row.modality = meta.modality
         row.photometric = meta.photometric
         row.shape = "x".join(str(d) for d in first.pixels.shape)
-        row.frames = n
+        row.frames = n - len(row.failed_slices)
         row.value_min = lo if np.isfinite(lo) else None
         row.value_max = hi if np.isfinite(hi) else None
         row.padded = padded
@@ -98,4 +109,27 @@ def summarize(
     except MedclassError as exc:
         row.error_kind = exc.kind
         row.error = exc.message if exc.path in (None, row.path) else str(exc)
+        row.failed_slices.clear()
+    return row
+
+
+def summarize_rows(
+    source: Source,
+    *,
+    max_bytes: int | None = None,
+    window_of: Callable[[Image], Window | None] = header_window,
+) -> list[SourceSummary]:
+    """:func:`summarize`'s row, then one error row per slice of a series that failed on its own.
+
+    A series with one corrupt slice is listed with its readable slices (``frames`` counts them) and the
+    corrupt file gets its own row; a series none of whose slices decode is one error row.
+    """
+    row = summarize(source, max_bytes=max_bytes, window_of=window_of)
+    return [row, *row.failed_slices]
+
+
+def _failed(path: str, fmt: str, exc: MedclassError) -> SourceSummary:
+    row = SourceSummary(path=path, format=fmt, error_kind=exc.kind)
+    row.error = exc.message if exc.path in (None, path) else str(exc)
+    row.exception = exc
     return row

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medclass.errors import MedclassError
+from medclass.errors import MedclassError, describe
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,9 @@ def item_key(path: str, frame: int | str | None) -> str:
 
 
 def one_line(exc: BaseException) -> str:
-    """A one-line description of ``exc``: the medclass message as is, else ``Type: message``."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, MedclassError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """A one-line description of ``exc`` for the error column: ``kind: message`` (kind ``internal`` and
+    the exception's type for anything that is not a :class:`MedclassError`)."""
+    return describe(exc, limit=2000)
 
 
 def _abs(path: str | os.PathLike[str]) -> str:
@@ -88,7 +86,7 @@ def _expand_source(source: object, policy: object) -> list[WorkItem]:
         return [WorkItem(_abs(paths[0]), 0)]
     try:
         indices = _frames_of_source(source, policy)
-    except MedclassError as exc:
+    except Exception as exc:  # the source as a whole is unusable: one row with its error, the run goes on
         return [WorkItem(_abs(paths[0]), None, error=one_line(exc))]
     if fmt == "dicom-series":  # slice i is the single-frame file paths[i]
         return [WorkItem(_abs(paths[i]), 0) for i in indices]

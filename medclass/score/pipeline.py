@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medclass.errors import InvalidPixelDataError
 from medclass.phi import pseudonym
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import WorkItem, one_line
@@ -62,9 +63,9 @@ def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any], min_size: in
         prepared = preprocessor(image)
         array = np.ascontiguousarray(getattr(prepared, "array", prepared), dtype=np.float32)  # 3×S×S
         if array.ndim != 3 or array.shape[0] != 3:
-            raise ValueError(f"preprocessing gave shape {array.shape}, expected 3×S×S")
+            raise InvalidPixelDataError(f"preprocessing gave shape {array.shape}, expected 3×S×S", item.path)
         if not np.isfinite(array).all():
-            raise ValueError("preprocessed image holds NaN or Inf values")
+            raise InvalidPixelDataError("preprocessed image holds NaN or Inf values", item.path)
     except Exception as exc:  # a bad input is a row with its error, never a crash of the run
         return Decoded(item, None, pseudonym(patient), study, series, one_line(exc))
     return Decoded(item, array, pseudonym(patient), study, series)
