@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from medclass import checkpoint, ingest
     from medclass.cli import ExitCode
-    from medclass.errors import ConfigError, MedclassError
+    from medclass.errors import ConfigError
     from medclass.explain import CAM_METHODS, FAITHFULNESS_METRICS, TARGET_LAYERS, Explainer
     from medclass.explain.cam import look_up
     from medclass.explain.regions import DEFAULT_MAX_REGIONS, DEFAULT_THRESHOLD
@@ -139,27 +139,31 @@ def run(args: argparse.Namespace) -> int:
         region_threshold=DEFAULT_THRESHOLD if args.region_threshold is None else args.region_threshold,
         max_regions=DEFAULT_MAX_REGIONS if args.max_regions is None else args.max_regions,
         seg=args.seg,
+        raise_internal=args.traceback,
     )
     explainer = Explainer(
         ckpt.model, method=args.method, layer=args.layer, batch_size=args.batch_size, task=ckpt.task
     )
     job = ExplainRun(ckpt, explainer, settings, args.out, metrics_doc)
+    ingest.get_slice_policy(args.slice_policy)  # an unknown name is a bad command line, before any work
     sources = ingest.discover(args.paths)
-    for source in sources:
-        try:
-            images = ingest.load(source, slice_policy=args.slice_policy)
-        except MedclassError as exc:
-            job.fail(source.path, exc)
-            continue
-        for image in images:
-            job.add(image)
+    for source in sources:  # decode failures are per image: a corrupt slice fails alone
+        for item in ingest.load_each(source, slice_policy=args.slice_policy):
+            if isinstance(item, ingest.Failed):
+                where = item.path if item.index is None or source.format == "dicom-series" else (
+                    f"{item.path} (frame {item.index})")  # fmt: skip
+                job.fail(where, item.error, "decode")
+            else:
+                job.add(item)
     job.finish()
     n_ok, n_err = len(job.rows), len(job.errors)
     for err in job.errors:
         print(f"failed: {err['where']}: {err['kind']}: {err['message']}")
+    no_dicom = sum(1 for r in job.rows if r.get("dicom_note"))
     print(
         f"explained {n_ok} image(s) in {len(job.studies)} report(s), {n_err} failed "
         f"({args.method} at {args.layer}) → {args.out}"
+        + (f"; {no_dicom} image(s) from non-DICOM sources have no DICOM output" if no_dicom else "")
     )
     if n_err and not n_ok:
         return ExitCode.ERROR

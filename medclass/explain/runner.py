@@ -37,6 +37,7 @@ class Settings:
     region_threshold: float = 0.5
     max_regions: int = 3
     seg: bool = False  # with regions and dicom: a DICOM SEG of the thresholded map
+    raise_internal: bool = False  # --traceback: an unexpected exception stops the run with its traceback
 
 
 @dataclass
@@ -46,6 +47,7 @@ class _Study:
     sections: list[Any] = field(default_factory=list)
     series_uid: str = ""
     region_series: dict[str, str] = field(default_factory=dict)
+    sr_series_uid: str = ""
 
 
 def _image_ids(meta: Any) -> tuple[str, str]:
@@ -109,58 +111,87 @@ class ExplainRun:
         self.out.mkdir(parents=True, exist_ok=True)
 
     # -- input side ---------------------------------------------------------------------------------
-    def fail(self, where: str, exc: Exception) -> None:
+    def fail(self, where: str, exc: BaseException, stage: str = "") -> None:
+        """Record ``exc`` as the error of the image (or report) ``where`` and go on; see :func:`_contain`."""
+        from medclass.errors import MedclassError, error_kind, short_message
         from medclass.phi import pseudonym
 
-        kind = getattr(exc, "kind", type(exc).__name__)
-        message = getattr(exc, "message", str(exc))
-        self.errors.append(
-            {"where": where, "source_id": pseudonym(where, prefix="F"), "kind": kind, "message": message}
-        )
-        log.warning("%s failed: %s: %s", pseudonym(where, prefix="F"), kind, message)
+        if self.s.raise_internal and not isinstance(exc, MedclassError):
+            raise exc
+        kind = error_kind(exc)
+        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {short_message(exc)}"
+        if isinstance(exc, MedclassError) and exc.path and exc.path != where:
+            message = f"{exc.path}: {message}"
+        entry = {"where": where, "source_id": pseudonym(where, prefix="F"), "kind": kind, "message": message}
+        self.errors.append(entry | ({"stage": stage} if stage else {}))
+        log.warning("%s failed%s: %s: %s", pseudonym(where, prefix="F"), f" ({stage})" if stage else "",
+                    kind, message)  # fmt: skip
 
     def add(self, image: Any) -> None:
-        from medclass.errors import MedclassError
-
+        """Preprocess ``image`` and queue it; a failure becomes its error (the run goes on)."""
         try:
             prepared = self.preprocessor(image)
-        except MedclassError as exc:
-            self.fail(_where(image.meta), exc)
+        except Exception as exc:
+            self.fail(_where(image.meta), exc, "preprocess")
             return
         self.pending.append((image, prepared))
         if len(self.pending) >= self.s.batch_size:
             self._flush()
 
     def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if batch:
+            self._explain(batch)
+
+    def _explain(self, batch: list[tuple[Any, Any]]) -> None:
+        """Saliency (and faithfulness) for ``batch``; when that fails, each image alone, so that only the
+        image that cannot be explained fails."""
         import numpy as np
 
-        from medclass.errors import MedclassError
-
-        batch, self.pending = self.pending, []
-        if not batch:
-            return
         x = np.stack([p.array for _, p in batch])  # N×3×S×S
         targets = None if self.s.target is None else [self.s.target] * len(batch)
-        sal = self.explainer.explain(x, targets)
-        faith: Any = [None] * len(batch)
-        if self.s.faithfulness:
-            from medclass.explain import faithfulness
+        try:
+            sal = self.explainer.explain(x, targets)
+            faith: Any = [None] * len(batch)
+            if self.s.faithfulness:
+                from medclass.explain import faithfulness
 
-            faith = faithfulness(
-                self.ckpt.model, x, sal.maps, sal.targets, metric=self.s.faithfulness, task=self.ckpt.task
-            )
+                faith = faithfulness(
+                    self.ckpt.model, x, sal.maps, sal.targets, metric=self.s.faithfulness, task=self.ckpt.task
+                )
+        except Exception as exc:
+            if len(batch) > 1:
+                log.info("saliency failed for a batch of %d (%s); explaining its images one by one", len(batch),
+                         type(exc).__name__)  # fmt: skip
+                for one in batch:
+                    self._explain([one])
+            else:
+                self.fail(_where(batch[0][0].meta), exc, "saliency")
+            return
         if self.s.sanity_check and self.card.randomisation_check is None:
             from medclass.explain import randomisation_check
 
-            rho = randomisation_check(self.ckpt.model, x, method=self.s.method, layer=self.s.layer)
-            self.card = _replace(self.card, randomisation_check=rho)
-        for k, (image, prepared) in enumerate(batch):
             try:
-                self._one(image, prepared, sal.maps[k], sal.targets[k], sal.probabilities[k], faith[k])
-            except MedclassError as exc:
-                self.fail(_where(image.meta), exc)
+                rho = randomisation_check(self.ckpt.model, x, method=self.s.method, layer=self.s.layer)
+                self.card = _replace(self.card, randomisation_check=rho)
+            except Exception as exc:  # a property of the model card, not of an image: logged, run goes on
+                log.warning("randomisation check failed: %s: %s", type(exc).__name__, exc)
+        for k, (image, prepared) in enumerate(batch):
+            written: list[Path] = []
+            try:
+                self._one(
+                    image, prepared, sal.maps[k], sal.targets[k], sal.probabilities[k], faith[k], written
+                )
+            except Exception as exc:  # overlay, figure or DICOM write: this image fails, its files go
+                for path in written:
+                    path.unlink(missing_ok=True)
+                self.fail(_where(image.meta), exc, "outputs")
 
-    def _one(self, image: Any, prepared: Any, smap: Any, target: int, probs: Any, faith: Any) -> None:
+    def _one(
+        self, image: Any, prepared: Any, smap: Any, target: int, probs: Any, faith: Any, written: list[Path]
+    ) -> None:
+        """Every output of one explained image; files are listed in ``written`` as they are written, and
+        the row and report section are kept only when all of them were."""
         import numpy as np
 
         from medclass.explain import overlay_figure_png, to_original
@@ -178,9 +209,8 @@ class ExplainRun:
         figure = overlay_figure_png(rgb, colormap=self.s.colormap, top_percent=self.s.top_percent)
         overlay_path = self.out / f"{image_id}_overlay.png"
         atomic_write_bytes(overlay_path, figure)
-        study = self.studies.get(study_id)
-        if study is None:
-            study = self.studies[study_id] = _Study(study_id, self._patient_fields(meta))
+        written.append(overlay_path)
+        study = self.studies.get(study_id) or _Study(study_id, self._patient_fields(meta))
         row: dict[str, Any] = {
             "image_id": image_id,
             "study_id": study_id,
@@ -197,15 +227,12 @@ class ExplainRun:
         }
         if self.s.include_phi:
             row |= {"source": meta.source, "sop_uid": meta.sop_uid, "study_uid": meta.study_uid}
-        if self.s.dicom:
-            row["dicom"] = self._dicom(rgb, meta, image_id, study)
-        regions = self._regions(row, saliency, meta, image_id, study, self.classes[target])
-        if self.s.sr and meta.format == "dicom":
-            from medclass.explain.dicom_out import scores_sr, write_dataset
-
-            ds = scores_sr(meta, self.classes, [float(p) for p in probs], explained_class=self.classes[target],
-                           method=self.s.method, include_phi=self.s.include_phi)  # fmt: skip
-            row["sr"] = write_dataset(ds, self.out / f"{image_id}_scores_sr.dcm").name
+        if self.s.dicom and meta.format != "dicom":  # said per image; not an error
+            row["dicom_note"] = f"no DICOM output: the source is {meta.format.upper()}, not DICOM"
+            log.info("%s: %s", image_id, row["dicom_note"])
+        elif self.s.dicom:
+            row |= self._dicom(rgb, meta, probs, target, image_id, study, written)
+        regions = self._regions(row, saliency, meta, image_id, study, self.classes[target], written)
         from medclass.explain import FAITHFULNESS_METRICS
 
         meaning = FAITHFULNESS_METRICS[self.s.faithfulness].meaning if self.s.faithfulness else ""
@@ -224,30 +251,35 @@ class ExplainRun:
                 **({} if regions is None else _region_section(display, regions)),
             )
         )
+        self.studies[study_id] = study
         self.rows.append(row)
         log.info("explained %s: %s %.3f", image_id, self.classes[target], float(probs[target]))
 
-    def _dicom(self, rgb: Any, meta: Any, image_id: str, study: _Study) -> str:
+    def _dicom(
+        self, rgb: Any, meta: Any, probs: Any, target: int, image_id: str, study: _Study, written: list[Path]
+    ) -> dict[str, str]:
+        """The Secondary Capture (and, with --sr, the SR) of one image from a DICOM source."""
         from pydicom.uid import generate_uid
 
-        from medclass.explain.dicom_out import secondary_capture, write_dataset
+        from medclass.explain.dicom_out import read_source_header, scores_sr, secondary_capture, write_dataset
 
-        if meta.format != "dicom":
-            log.info("%s: not a DICOM source; no Secondary Capture written", image_id)
-            return ""
+        src = read_source_header(meta)
         study.series_uid = study.series_uid or generate_uid()
-        ds = secondary_capture(
-            rgb,
-            meta,
-            method=self.s.method,
-            include_phi=self.s.include_phi,
-            instance_number=len(study.sections) + 1,
-            series_uid=study.series_uid,
-        )
-        return write_dataset(ds, self.out / f"{image_id}_saliency.dcm").name
+        sc = secondary_capture(rgb, meta, method=self.s.method, include_phi=self.s.include_phi, source=src,
+                               instance_number=len(study.sections) + 1, series_uid=study.series_uid)  # fmt: skip
+        out = {"dicom": write_dataset(sc, self.out / f"{image_id}_saliency.dcm").name}
+        written.append(self.out / out["dicom"])
+        if self.s.sr:
+            study.sr_series_uid = study.sr_series_uid or generate_uid()
+            sr = scores_sr(meta, self.classes, [float(p) for p in probs], explained_class=self.classes[target],
+                           method=self.s.method, include_phi=self.s.include_phi, source=src, overlay=sc,
+                           series_uid=study.sr_series_uid, instance_number=len(study.sections) + 1)  # fmt: skip
+            out["sr"] = write_dataset(sr, self.out / f"{image_id}_scores_sr.dcm").name
+            written.append(self.out / out["sr"])
+        return out
 
     def _regions(self, row: dict[str, Any], saliency: Any, meta: Any, image_id: str, study: _Study,
-                 explained: str) -> Any:  # fmt: skip
+                 explained: str, files: list[Path]) -> Any:  # fmt: skip
         """Regions of the map into ``row`` (and, with --dicom, an SR and optional SEG); None when off."""
         if self.finder is None:
             return None
@@ -263,6 +295,7 @@ class ExplainRun:
                                           explained_class=explained, threshold=self.s.region_threshold,
                                           include_phi=self.s.include_phi, series=study.region_series,
                                           instance_number=len(study.sections) + 1)  # fmt: skip
+            files.extend(written.values())
             row["regions_sr"] = written["sr"].name
             row["regions_seg"] = written["seg"].name if "seg" in written else ""
         return regions
@@ -306,9 +339,15 @@ class ExplainRun:
                 colormap=self.s.colormap,
                 region_threshold=self.s.region_threshold if self.s.regions else None,
             )
-            atomic_write_text(self.out / f"{study.report_id}_report.html", render_html(report))
-            if self.s.pdf:
-                write_pdf(report, self.out / f"{study.report_id}_report.pdf")
+            try:
+                atomic_write_text(self.out / f"{study.report_id}_report.html", render_html(report))
+                if self.s.pdf:
+                    write_pdf(report, self.out / f"{study.report_id}_report.pdf")
+            except Exception as exc:  # this study's report fails; its images keep their other outputs
+                self.fail(f"{study.report_id}_report", exc, "report")
+                for row in self.rows:
+                    if row["study_id"] == study.report_id:
+                        row["report_pdf"] = row["report_html"] = ""
         errors = [{k: v for k, v in e.items() if k != "where" or self.s.include_phi} for e in self.errors]
         doc = {
             "method": self.s.method,
