@@ -19,6 +19,10 @@ StudyInstanceUID (so a PACS files them beside the original) and reference the so
 
 Not for diagnostic use: saliency shows what changed the model's output, not where disease is.
 
+One image's failure (decode, preprocess, saliency, overlay, DICOM write, its study's report) is listed
+with its kind and stage (explanations.json "errors") and the run goes on. Exit status: 0 all explained,
+3 some failed, 1 none explained. Images from NIfTI/PNG/JPEG sources get no DICOM output (their row says so).
+
 examples:
   medclass explain --checkpoint runs/r1/best scans/case1.dcm --out reports/r1/saliency
   medclass explain --checkpoint runs/r1/best scans/ --out sal --method gradcam++ --layer Mixed_6e --dicom

@@ -119,9 +119,8 @@ class ExplainRun:
         if self.s.raise_internal and not isinstance(exc, MedclassError):
             raise exc
         kind = error_kind(exc)
+        # the message without the path: ``where`` names the file, and leaves only with --include-phi
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {short_message(exc)}"
-        if isinstance(exc, MedclassError) and exc.path and exc.path != where:
-            message = f"{exc.path}: {message}"
         entry = {"where": where, "source_id": pseudonym(where, prefix="F"), "kind": kind, "message": message}
         self.errors.append(entry | ({"stage": stage} if stage else {}))
         log.warning("%s failed%s: %s: %s", pseudonym(where, prefix="F"), f" ({stage})" if stage else "",
