@@ -146,3 +146,14 @@ def test_non_dicom_and_unreferenceable_sources_are_specific_errors(tmp_path):
     del src.SOPInstanceUID
     with pytest.raises(DicomOutputError, match="no SOP Instance"):
         scores_sr(no_sop, ["a"], [1.0], explained_class="a", method="m", source=src)
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_rle_16bit.dcm", "OBXXXX1A_rle.dcm", "US1_J2KI.dcm"])
+def test_colour_sources(name, tmp_path, dicom_samples):
+    path = dicom_samples / "pydicom-data" / name if name.startswith(("OB", "US")) else get_testdata_file(name)
+    image = ingest.read(path, slice_policy="middle")[0]
+    assert image.is_color
+    sc, sr = _outputs(image, tmp_path, name)
+    assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
+    assert (sc.Rows, sc.Columns) == image.pixels.shape[:2]
+    assert _sr_images(sr)[0].ReferencedSOPInstanceUID == image.meta.sop_uid
