@@ -137,6 +137,13 @@ class DataError(MedclassError):
     kind = "data"
 
 
+class EngineError(MedclassError):
+    """The execution engine failed: a Ray cluster that cannot be reached, or a run that left inputs
+    without their row."""
+
+    kind = "engine"
+
+
 def short_message(exc: BaseException, limit: int = 200) -> str:
     """``exc``'s message on one line (whitespace runs collapsed), cut at ``limit`` characters with "…"."""
     text = " ".join(str(exc).split())

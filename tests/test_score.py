@@ -25,7 +25,6 @@ from medclass.score import (
     item_key,
     read_scores,
     score_columns,
-    shard,
     summary_path,
 )
 
@@ -267,7 +266,7 @@ def test_decision_rules() -> None:
     assert DecisionRule.from_meta({"classes": ["a", "b"], "task": "multilabel"}).name == "threshold:0.5"
 
 
-def test_expand_inputs_manifest_dedupe_and_shard(inputs: Path, tmp_path: Path) -> None:
+def test_expand_inputs_manifest_and_dedupe(inputs: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     with manifest.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -281,9 +280,6 @@ def test_expand_inputs_manifest_dedupe_and_shard(inputs: Path, tmp_path: Path) -
     assert [Path(i.path).name for i in middle] == ["02.dcm"]
     with pytest.raises(ConfigError, match="valid"):
         expand_inputs([inputs], slice_policy="nope")
-    many = [WorkItem(f"/x/{i}", 0) for i in range(7)]
-    parts = [shard(many, r, 3) for r in range(3)]
-    assert [i.path for i in parts[1]] == ["/x/1", "/x/4"] and sum(map(len, parts)) == 7
 
 
 def test_csv_cells_are_formula_safe_and_read_back(tmp_path: Path) -> None:

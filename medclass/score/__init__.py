@@ -5,8 +5,10 @@ Public API::
     run_scoring(ScoreConfig(paths, out, checkpoint=...)) -> ScoreReport   # the whole run (CLI: score)
     expand_inputs(paths, slice_policy="all", data_root=None) -> list[WorkItem]
     score_items(items, backend=..., preprocessor=..., append=..., rule=..., model_sha256=...) -> Counts
+    score_batch(decoded, backend, rule, model_sha256) -> rows   # one batch; every engine uses it
     make_backend("torch" | "onnxruntime", ...) -> backend(x N×3×S×S) -> probs N×C
-    ScoreOutput(out, fmt, columns)    # the row logs: check / done_rows / open / append / finalize
+    ScoreOutput(out, fmt, columns)    # the row logs: check / done_rows / open / append / sink / finalize
+    ENGINES["local" | "ray"](ScoreJob) -> (Counts, settings)     # --engine
     read_scores(path) -> rows; DecisionRule.from_meta(meta).predict(probs) -> labels
     write_summary(out, rows, rule, "mean" | "max") -> (scores.studies.csv, n_studies)
 
@@ -14,31 +16,44 @@ Modules: :mod:`~medclass.score.inputs` (PATHs → work items), :mod:`~medclass.s
 worker processes overlapped with batched inference), :mod:`~medclass.score.backends` (torch,
 onnxruntime), :mod:`~medclass.score.writer` (append logs, resume, merge), :mod:`~medclass.score.decide`
 (operating point), :mod:`~medclass.score.summary` (per study), :mod:`~medclass.score.runner` (one run,
-torchrun-aware). Importing this package does not import torch.
+the engine table), :mod:`~medclass.score.ray_engine` (the same functions as Ray Data stages). Importing
+this package imports neither torch nor Ray.
 """
 
 from __future__ import annotations
 
 from medclass.score.backends import BACKENDS, OnnxBackend, TorchBackend, make_backend, pick_device
 from medclass.score.decide import DecisionRule
-from medclass.score.inputs import WorkItem, expand_inputs, item_key, shard
-from medclass.score.pipeline import Counts, Decoded, decode_item, decode_stream, default_workers, score_items
-from medclass.score.runner import ScoreConfig, ScoreReport, run_scoring
+from medclass.score.inputs import WorkItem, expand_inputs, item_key
+from medclass.score.pipeline import (
+    Counts,
+    Decoded,
+    decode_item,
+    decode_stream,
+    default_workers,
+    score_batch,
+    score_items,
+)
+from medclass.score.runner import ENGINES, ScoreConfig, ScoreJob, ScoreReport, run_scoring
 from medclass.score.summary import study_rows, summary_path, write_summary
-from medclass.score.writer import FORMATS, ScoreOutput, read_scores, score_columns
+from medclass.score.writer import FORMATS, PartSink, ScoreOutput, block_id, read_scores, score_columns
 
 __all__ = [
     "BACKENDS",
+    "ENGINES",
     "FORMATS",
     "Counts",
     "DecisionRule",
     "Decoded",
     "OnnxBackend",
+    "PartSink",
     "ScoreConfig",
+    "ScoreJob",
     "ScoreOutput",
     "ScoreReport",
     "TorchBackend",
     "WorkItem",
+    "block_id",
     "decode_item",
     "decode_stream",
     "default_workers",
@@ -48,9 +63,9 @@ __all__ = [
     "pick_device",
     "read_scores",
     "run_scoring",
+    "score_batch",
     "score_columns",
     "score_items",
-    "shard",
     "study_rows",
     "summary_path",
     "write_summary",

@@ -163,8 +163,3 @@ def dedupe(items: Iterable[WorkItem]) -> list[WorkItem]:
     if repeats:
         log.info("%d input(s) named more than once are scored once", repeats)
     return out
-
-
-def shard(items: Sequence[WorkItem], rank: int, world_size: int) -> list[WorkItem]:
-    """Item ``i`` of the ordered list goes to rank ``i % world_size``; returns this rank's items."""
-    return [item for i, item in enumerate(items) if i % world_size == rank]

@@ -193,6 +193,40 @@ def _row(
     return row
 
 
+def score_batch(
+    decoded: Sequence[Decoded],
+    backend: Callable[[np.ndarray], np.ndarray],
+    rule: DecisionRule,
+    model_sha256: str,
+    counts: Counts | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of one batch of decoded items, in their order: the decoded ones through ``backend`` in one
+    call, the failed ones as error rows. Adds to ``counts`` when given. Every engine (the local loop,
+    the Ray actors) turns decoded items into rows with this function.
+    """
+    ok = [d for d in decoded if d.array is not None]
+    probs = (
+        backend(np.stack([d.array for d in ok if d.array is not None]))
+        if ok
+        else np.zeros((0, len(rule.classes)))
+    )  # N×C
+    labels = rule.predict(probs) if ok else []
+    by_id = {id(d): (p, lab) for d, p, lab in zip(ok, probs, labels, strict=True)}
+    rows = []
+    for d in decoded:
+        p, lab = by_id.get(id(d), (None, ""))
+        rows.append(_row(d, p, lab, rule, model_sha256))
+        if counts is None:
+            continue
+        if p is None:
+            counts.failed += 1
+            if len(counts.errors) < 5:
+                counts.errors.append(d.error)
+        else:
+            counts.scored += 1
+    return rows
+
+
 def score_items(
     items: Sequence[WorkItem],
     *,
@@ -220,24 +254,7 @@ def score_items(
 
     def flush() -> None:
         nonlocal n_ok
-        ok = [d for d in pending if d.array is not None]
-        probs = (
-            backend(np.stack([d.array for d in ok if d.array is not None]))
-            if ok
-            else np.zeros((0, len(rule.classes)))
-        )  # N×C
-        labels = rule.predict(probs) if ok else []
-        by_id = {id(d): (p, lab) for d, p, lab in zip(ok, probs, labels, strict=True)}
-        rows = []
-        for d in pending:
-            p, lab = by_id.get(id(d), (None, ""))
-            rows.append(_row(d, p, lab, rule, model_sha256))
-            if p is None:
-                counts.failed += 1
-                if len(counts.errors) < 5:
-                    counts.errors.append(d.error)
-            else:
-                counts.scored += 1
+        rows = score_batch(pending, backend, rule, model_sha256, counts)
         append(rows)
         if progress is not None:
             progress(len(rows))
@@ -255,10 +272,10 @@ def score_items(
     return counts
 
 
-def default_workers(world_size: int = 1) -> int:
-    """Decode workers when not given: one per core of this rank (the cores / ``world_size``), at most 8.
+def default_workers() -> int:
+    """Decode workers when not given: one per core, at most 8.
 
     Measured on 2 cores (``benchmarks/bench_score.py``, fp32, 299 px): 2 workers 0.80-0.84× the
     forward-only rate against 0.76-0.77× with 1: while the model waits for a batch, every core decodes.
     """
-    return max(1, min(8, (os.cpu_count() or 1) // max(1, world_size)))
+    return max(1, min(8, os.cpu_count() or 1))

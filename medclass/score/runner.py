@@ -1,16 +1,17 @@
-"""One scoring run, alone or as one rank under ``torchrun``: checkpoint → inputs → rows → summary.
+"""One scoring run: checkpoint → inputs → rows (on an engine) → merged output → study summary.
 
 :func:`run_scoring` wires the parts: the checkpoint's meta (classes, task, input spec, window, fit,
 operating point, weights sha256) or an exported ONNX model's sidecar, the work items
-(:mod:`~medclass.score.inputs`), the backend (:mod:`~medclass.score.backends`), the loop
-(:mod:`~medclass.score.pipeline`) and the files (:mod:`~medclass.score.writer`). Under torchrun
-(``WORLD_SIZE`` > 1) item ``i`` of the ordered list goes to rank ``i % world_size``; each rank writes
-``<out>.rank<k>``; after a gloo barrier rank 0 merges the parts and writes the study summary.
+(:mod:`~medclass.score.inputs`), what is already done (``--resume``), the engine that turns the rest into
+rows, and the files (:mod:`~medclass.score.writer`). Engines are a name → callable table
+(:data:`ENGINES`): ``local`` runs the loop of :mod:`~medclass.score.pipeline` in this process with decode
+workers; ``ray`` runs the same decode and batch-scoring functions as Ray Data stages on a cluster
+(:mod:`~medclass.score.ray_engine`). Both end in the same merge, which checks that every input has
+exactly one row.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -20,8 +21,9 @@ from typing import Any
 
 from medclass.errors import CheckpointError, ConfigError
 from medclass.score.decide import DecisionRule
-from medclass.score.inputs import expand_inputs, shard
+from medclass.score.inputs import WorkItem, expand_inputs
 from medclass.score.pipeline import Counts, default_workers, score_items
+from medclass.score.summary import write_summary
 from medclass.score.writer import ScoreOutput, score_columns
 
 log = logging.getLogger(__name__)
@@ -54,21 +56,47 @@ class ScoreConfig:
     # decode + resize work per radiograph, probabilities within ~0.02 of the exact path (not identical to
     # what `evaluate` computes, hence opt-in)
     fast_decode: bool = False
+    engine: str = "local"  # see ENGINES
+    ray_address: str | None = None  # None: a Ray cluster on this machine, started for the run
+    actors: int | None = None  # model replicas on the Ray engine; None: one per GPU, else one
 
 
 @dataclass
 class ScoreReport:
-    """What happened: this run's counts (summed over ranks on rank 0) and where the rows went."""
+    """What happened: this run's counts and where the rows went."""
 
     counts: Counts
     out: Path
     n_items: int
-    rank: int = 0
-    world_size: int = 1
     summary: Path | None = None
     n_studies: int = 0
-    failed_in_output: int = 0  # error rows in the whole output (earlier runs included), rank 0 only
+    failed_in_output: int = 0  # error rows in the whole output (earlier runs included)
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreJob:
+    """What an engine is handed: the items still to score and everything needed to score them.
+
+    An engine writes every item's row through ``output`` (the row log, or the idempotent
+    :meth:`~medclass.score.writer.ScoreOutput.sink`), calls ``progress(n)`` as rows are committed and
+    returns the :class:`Counts` of this run plus the settings it used (for the log and the report).
+    """
+
+    config: ScoreConfig
+    meta: dict[str, Any]
+    model: Any  # the torch model (torch backend), else None
+    rule: DecisionRule
+    todo: list[WorkItem]
+    output: ScoreOutput
+    progress: Callable[[int], None] | None = None
+
+    @property
+    def model_sha256(self) -> str:
+        return str(self.meta.get("sha256", ""))
+
+    def min_size(self) -> int | None:
+        return decode_min_size(self.config.fast_decode, int(self.meta["input"]["size"]))
 
 
 def output_format(out: Path, given: str | None) -> str:
@@ -126,8 +154,8 @@ def decode_min_size(fast_decode: bool, input_size: int) -> int | None:
     return 2 * input_size if fast_decode else None
 
 
-def _threads(config: ScoreConfig, workers: int, world_size: int) -> int:
-    """Model threads: as given, else this rank's cores (less the workers beyond one per core).
+def _threads(config: ScoreConfig, workers: int) -> int:
+    """Model threads: as given, else the cores (less the workers beyond one per core).
 
     A decode worker sleeps whenever the prefetch window is full, so the workers use the cores while the
     model waits for a batch and leave them to it while it runs: giving the model every core and letting
@@ -137,46 +165,62 @@ def _threads(config: ScoreConfig, workers: int, world_size: int) -> int:
     if config.threads:
         return int(config.threads)
     cpus = os.cpu_count() or 1
-    per_rank = max(1, cpus // world_size)
-    return max(1, per_rank - max(0, workers - per_rank))
+    return max(1, cpus - max(0, workers - cpus))
 
 
-class _Dist:
-    """torchrun's process group (gloo), or nothing for one process."""
+def build_backend(config: ScoreConfig, task: str, model: Any, device: str, threads: int) -> Any:
+    """The inference backend of ``config`` (see :func:`~medclass.score.backends.make_backend`); loads the
+    checkpoint's model when ``model`` is None and the backend is torch (a Ray actor does that)."""
+    from medclass.score.backends import make_backend
 
-    def __init__(self) -> None:
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world_size > 1
-        if self.enabled:
-            import torch.distributed as dist
+    if model is None and config.backend == "torch":
+        model = load_meta(config)[1]
+    return make_backend(
+        config.backend, task=task, model=model, onnx_path=config.onnx, device=device,
+        precision=config.precision, threads=threads,
+    )  # fmt: skip
 
-            if not dist.is_initialized():
-                dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
 
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
+def local_engine(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:
+    """Decode in worker processes of this machine, overlapped with batched inference here; rows appended
+    to the output batch by batch (see :func:`~medclass.score.pipeline.score_items`)."""
+    import torch
 
-            dist.barrier()
+    from medclass.score.backends import pick_device
 
-    def sum(self, values: list[int]) -> list[int]:
-        if not self.enabled:
-            return values
-        import torch
-        import torch.distributed as dist
+    config = job.config
+    workers = default_workers() if config.workers is None else max(0, int(config.workers))
+    workers = min(workers, len(job.todo))
+    device = pick_device(config.device)
+    threads = _threads(config, workers)
+    torch.set_num_threads(threads)
+    backend = build_backend(config, job.rule.task, job.model, device, threads)
+    settings = dict(device=device, workers=workers, threads=threads)
+    log.info("local engine: %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
+    job.output.open()
+    try:
+        counts = score_items(
+            job.todo, backend=backend, preprocessor=make_preprocessor(job.meta), append=job.output.append,
+            rule=job.rule, model_sha256=job.model_sha256, batch_size=config.batch_size, workers=workers,
+            progress=job.progress, min_size=job.min_size(),
+        )  # fmt: skip
+    finally:
+        job.output.close()
+    return counts, settings
 
-        t = torch.tensor(values, dtype=torch.int64)
-        dist.all_reduce(t)
-        return [int(v) for v in t.tolist()]
 
-    def close(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
+def ray_engine(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:
+    """Decode as Ray tasks and score in a pool of model actors (see :mod:`~medclass.score.ray_engine`)."""
+    from medclass.score.ray_engine import run_on_ray
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+    return run_on_ray(job)
+
+
+#: engine name → what scores a :class:`ScoreJob` (``--engine``)
+ENGINES: dict[str, Callable[[ScoreJob], tuple[Counts, dict[str, Any]]]] = {
+    "local": local_engine,
+    "ray": ray_engine,
+}
 
 
 def run_scoring(
@@ -186,34 +230,24 @@ def run_scoring(
 
     Returns a :class:`ScoreReport`. Raises :class:`ConfigError`/:class:`CheckpointError`/
     :class:`~medclass.errors.ManifestError` before anything is written for bad settings, an output that
-    exists without ``resume``/``overwrite``, or rows of another model in the output; bad images never raise.
+    exists without ``resume``/``overwrite``, or rows of another model in the output;
+    :class:`~medclass.errors.EngineError` when the engine fails or leaves an input without its row (the
+    rows written so far are kept for ``--resume``); bad images never raise.
     """
-    dist = _Dist()
-    try:
-        return _run(config, dist, progress)
-    finally:
-        dist.close()
-
-
-def _run(
-    config: ScoreConfig, dist: _Dist, progress: Callable[[int, int], Callable[[int], None]] | None
-) -> ScoreReport:
-    from medclass.score.backends import make_backend, pick_device
-    from medclass.score.summary import write_summary
-
     if config.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {config.batch_size}")
+    if config.engine not in ENGINES:
+        raise ConfigError(f"unknown engine {config.engine!r}; valid: {', '.join(ENGINES)}")
+    if config.engine != "ray" and (config.ray_address or config.actors):
+        raise ConfigError("--ray-address and --actors are for --engine ray")
     meta, model = load_meta(config)
     rule = DecisionRule.from_meta(meta)
-    model_sha = str(meta.get("sha256", ""))
     out = Path(config.out)
     fmt = output_format(out, config.format)
-    output = ScoreOutput(out, fmt, score_columns(rule.classes), rank=dist.rank, world_size=dist.world_size)
+    output = ScoreOutput(out, fmt, score_columns(rule.classes))
     output.check(resume=config.resume, overwrite=config.overwrite)
-    dist.barrier()
-    if config.overwrite and dist.rank == 0:
+    if config.overwrite:
         output.clear()
-    dist.barrier()
 
     items = expand_inputs(
         config.paths,
@@ -223,50 +257,23 @@ def _run(
     )
     if not items:
         raise ConfigError(f"no images found in {', '.join(map(str, config.paths))}")
-    mine = shard(items, dist.rank, dist.world_size)
-    done = output.done_rows(model_sha) if config.resume else {}
-    dist.barrier()
-    todo = [i for i in mine if i.key not in done]
-    workers = default_workers(dist.world_size) if config.workers is None else max(0, int(config.workers))
-    workers = min(workers, max(len(todo), 0))
-    device = pick_device(config.device, dist.local_rank)
-    threads = _threads(config, workers, dist.world_size)
-    import torch
-
-    torch.set_num_threads(threads)
-    backend = make_backend(
-        config.backend, task=rule.task, model=model, onnx_path=config.onnx, device=device,
-        precision=config.precision, threads=threads,
-    )  # fmt: skip
-    preprocessor = make_preprocessor(meta)
-    min_size = decode_min_size(config.fast_decode, preprocessor.spec.size)
-    settings = dict(
-        backend=config.backend, device=device, precision=config.precision, batch_size=config.batch_size,
-        workers=workers, threads=threads, format=fmt, fast_decode=config.fast_decode,
-    )  # fmt: skip
+    done = output.done_rows(str(meta.get("sha256", ""))) if config.resume else {}
+    todo = [i for i in items if i.key not in done]
     log.info(
-        "rank %d/%d: %d of %d inputs here, %d already done; %s",
-        dist.rank, dist.world_size, len(mine), len(items), len(mine) - len(todo),
-        ", ".join(f"{k}={v}" for k, v in settings.items()),
+        "%d inputs, %d already done; engine=%s backend=%s precision=%s batch_size=%d format=%s fast_decode=%s",
+        len(items), len(items) - len(todo), config.engine, config.backend, config.precision,
+        config.batch_size, fmt, config.fast_decode,
     )  # fmt: skip
-    update = progress(len(mine), len(mine) - len(todo)) if progress is not None else None
-    output.open()
-    try:
-        counts = score_items(
-            todo, backend=backend, preprocessor=preprocessor, append=output.append, rule=rule,
-            model_sha256=model_sha, batch_size=config.batch_size, workers=workers, progress=update,
-            min_size=min_size,
-        )  # fmt: skip
-    finally:
-        output.close()
-    counts.skipped = len(mine) - len(todo)
-    report = ScoreReport(counts, out, len(items), dist.rank, dist.world_size, settings=settings)
-    dist.barrier()
-    total = dist.sum([counts.scored, counts.failed, counts.skipped])
-    if dist.rank == 0:
-        rows = output.finalize([i.key for i in items])
-        report.counts = Counts(total[0], total[1], total[2], counts.errors)
-        report.failed_in_output = sum(1 for r in rows if r.get("error"))
-        report.summary, report.n_studies = write_summary(out, rows, rule, config.aggregate)
-    dist.barrier()
+    update = progress(len(items), len(items) - len(todo)) if progress is not None else None
+    job = ScoreJob(config, meta, model, rule, todo, output, update)
+    counts, used = ENGINES[config.engine](job) if todo else (Counts(), {})
+    counts.skipped = len(items) - len(todo)
+    settings = dict(
+        engine=config.engine, backend=config.backend, precision=config.precision,
+        batch_size=config.batch_size, format=fmt, fast_decode=config.fast_decode, **used,
+    )  # fmt: skip
+    report = ScoreReport(counts, out, len(items), settings=settings)
+    rows = output.finalize([i.key for i in items])
+    report.failed_in_output = sum(1 for r in rows if r.get("error"))
+    report.summary, report.n_studies = write_summary(out, rows, rule, config.aggregate)
     return report

@@ -8,11 +8,14 @@ torn last line (no trailing newline). :meth:`RowLog.read` with ``repair`` trunca
 rows before it are done and their keys (``path#frame``) are skipped on ``--resume``. Rows of a batch are
 independent, so a batch cut half-way leaves its first rows done and the rest to score: never twice.
 
-Files (see :class:`ScoreOutput`): one process appends to the output itself (``csv``/``jsonl``); under
-torchrun rank ``k`` appends to ``<out>.rank<k>`` and rank 0 merges the parts into ``<out>`` atomically,
-in input order, then removes them; ``parquet`` (not appendable) is logged as ``<out>.partial.jsonl`` and
-converted at the end. Resume reads the output and every part, so a run may be resumed with another
-number of ranks. A second writer on the same file is refused (``flock``).
+Files (see :class:`ScoreOutput`): the local engine appends to the output itself (``csv``/``jsonl``);
+``parquet`` (not appendable) is logged as ``<out>.partial.jsonl`` and converted at the end. An engine that
+retries work (Ray: at-least-once) writes through a :class:`PartSink` instead: one file per input block,
+``<out>.parts/part-<block id>.jsonl``, written atomically under a name that depends only on the block's
+keys, so a retried block replaces its own part and never adds a second copy. :meth:`ScoreOutput.finalize`
+merges the output and every part into ``<out>`` atomically, in input order, keeps one row per key, checks
+that every input has its row, then removes the parts. Resume reads the output and every part, so a run
+may be resumed with the other engine. A second writer on the same file is refused (``flock``).
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from medclass.errors import ConfigError, DataError
+from medclass.errors import ConfigError, DataError, EngineError
 from medclass.fileio import atomic_write, atomic_write_text, restore_cell, safe_cell
 from medclass.score.inputs import clean_text, item_key
 
@@ -245,17 +250,47 @@ def read_scores(path: Path | str, fmt: str | None = None) -> list[dict[str, Any]
     raise ConfigError(f"unknown scores format {fmt!r}; valid: {', '.join(FORMATS)}", path)
 
 
-class ScoreOutput:
-    """The files of one scoring run writing ``out`` as ``fmt``, for rank ``rank`` of ``world_size``.
+PARTS_SUFFIX = ".parts"
 
-    Use: :meth:`check` (refuse to clobber), :meth:`clear` (``--overwrite``, rank 0), :meth:`done_rows`
-    (what is already scored; repairs this rank's log), :meth:`open` / :meth:`append` / :meth:`close`,
-    then :meth:`finalize` (one process, or rank 0 after a barrier).
+
+def block_id(keys: Sequence[str]) -> str:
+    """The name of the input block holding ``keys`` (in order): the same keys give the same name in every
+    run and every retry, other keys another name (sha256, 20 hex digits)."""
+    digest = hashlib.sha256("\n".join(keys).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:20]
+
+
+class PartSink:
+    """The idempotent sink of an at-least-once engine: :meth:`write` puts one block's rows into
+    ``<out>.parts/part-<block>.jsonl`` atomically (temporary file, fsync, rename), so writing a block twice
+    (a retried task) leaves one copy. Picklable: it is sent to the workers that write the parts.
     """
 
-    def __init__(
-        self, out: Path | str, fmt: str, columns: list[str], *, rank: int = 0, world_size: int = 1
-    ) -> None:
+    def __init__(self, out: Path | str, columns: list[str]) -> None:
+        self.folder = Path(out).with_name(Path(out).name + PARTS_SUFFIX)
+        self.columns = columns
+
+    def path(self, block: str) -> Path:
+        return self.folder / f"part-{block}.jsonl"
+
+    def write(self, block: str, rows: Iterable[dict[str, Any]]) -> Path:
+        """Commit ``rows`` as the part of ``block``; returns its path."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        encode = JsonlLog(self.path(block), self.columns).encode
+        target = self.path(block)
+        atomic_write_text(target, "".join(encode(r) for r in rows))
+        return target
+
+
+class ScoreOutput:
+    """The files of one scoring run writing ``out`` as ``fmt``.
+
+    Use: :meth:`check` (refuse to clobber), :meth:`clear` (``--overwrite``), :meth:`done_rows` (what is
+    already scored; repairs the row log), then :meth:`open` / :meth:`append` / :meth:`close` (the local
+    engine) or the parts of :meth:`sink` (an engine that retries), then :meth:`finalize`.
+    """
+
+    def __init__(self, out: Path | str, fmt: str, columns: list[str]) -> None:
         if fmt not in FORMATS:
             raise ConfigError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
         if fmt == "parquet":
@@ -268,33 +303,26 @@ class ScoreOutput:
         self.out = Path(out)
         self.format = fmt
         self.columns = columns
-        self.rank = rank
-        self.world_size = world_size
         log_fmt = fmt if fmt in LOGS else "jsonl"
-        if world_size > 1:
-            log_path = self.out.with_name(f"{self.out.name}.rank{rank}")
-        elif fmt in LOGS:
-            log_path = self.out
-        else:
-            log_path = self.out.with_name(f"{self.out.name}.partial.jsonl")
+        log_path = self.out if fmt in LOGS else self.out.with_name(f"{self.out.name}.partial.jsonl")
         self.log = LOGS[log_fmt](log_path, columns)
+
+    def sink(self) -> PartSink:
+        """The idempotent block sink for an engine that may run a block twice (see :class:`PartSink`)."""
+        return PartSink(self.out, self.columns)
 
     # --- the files -----------------------------------------------------------------------------------
     def part_paths(self) -> list[Path]:
-        """Row logs of this output other than the output itself (rank parts, the parquet staging log)."""
-        folder = self.out.parent if str(self.out.parent) else Path(".")
-        if not folder.is_dir():
-            return []
-        names = [
-            p
-            for p in folder.iterdir()
-            if p.name.startswith(self.out.name + ".rank") or p.name == self.out.name + ".partial.jsonl"
-        ]
-        return sorted(names)
+        """Row files of this output other than the output itself (the parquet staging log, block parts)."""
+        staging = self.out.with_name(self.out.name + ".partial.jsonl")
+        parts = self.sink().folder
+        found = [staging] if staging.is_file() else []
+        if parts.is_dir():
+            found.extend(sorted(p for p in parts.iterdir() if p.name.endswith(".jsonl")))
+        return found
 
     def _part_log(self, path: Path) -> RowLog:
-        fmt = "csv" if self.format == "csv" and path.name.startswith(self.out.name + ".rank") else "jsonl"
-        return LOGS[fmt](path, self.columns)
+        return JsonlLog(path, self.columns)
 
     def existing(self) -> list[Path]:
         """The output and its part files that exist now."""
@@ -315,6 +343,12 @@ class ScoreOutput:
         """Remove the output and its parts (``--overwrite``)."""
         for p in self.existing():
             p.unlink()
+        self._remove_parts_folder()
+
+    def _remove_parts_folder(self) -> None:
+        folder = self.sink().folder
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
     # --- resume --------------------------------------------------------------------------------------
     def _read(self, path: Path) -> list[dict[str, Any]]:
@@ -325,7 +359,7 @@ class ScoreOutput:
         return self._part_log(path).read(repair=False)
 
     def done_rows(self, model_sha256: str | None = None) -> dict[str, dict[str, Any]]:
-        """Rows already written (output + every part), by key; this rank's torn tail is cut off.
+        """Rows already written (output + every part), by key; a torn tail of the row log is cut off.
 
         Raises :class:`ConfigError` when they were scored by another model than ``model_sha256``.
         """
@@ -358,13 +392,17 @@ class ScoreOutput:
 
     def finalize(self, order: Sequence[str]) -> list[dict[str, Any]]:
         """Merge parts into the output (atomically, rows in the order of the keys ``order``, each key once),
-        remove the parts, and return the output's rows. A single process writing csv/jsonl has nothing
-        to merge unless parts of an earlier run are there.
+        check that every key of ``order`` has its row, remove the parts, and return the output's rows.
+        The local engine writing csv/jsonl has nothing to merge unless parts of an earlier run are there.
+
+        Raises :class:`~medclass.errors.EngineError` (parts kept, nothing replaced) when an input has no row.
         """
         parts = self.part_paths()
         if self.log.path == self.out and not parts:
-            return read_scores(self.out, self.format) if self.out.exists() else []
-        rows: list[dict[str, Any]] = []
+            rows = read_scores(self.out, self.format) if self.out.exists() else []
+            self._check_complete(order, {row_key(r) for r in rows})
+            return rows
+        rows = []
         if self.out.exists():
             rows.extend(read_scores(self.out, self.format))
         for p in parts:
@@ -377,12 +415,23 @@ class ScoreOutput:
             log.warning(
                 "%s: %d duplicate row(s) dropped while merging parts", self.out, len(rows) - len(merged)
             )
+        self._check_complete(order, set(merged))
         ordered = sorted(merged.values(), key=lambda r: position.get(row_key(r), len(position)))
         self._write_final(ordered)
         for p in parts:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+        self._remove_parts_folder()
         return ordered
+
+    def _check_complete(self, order: Sequence[str], have: set[str]) -> None:
+        missing = [k for k in order if k not in have]
+        if missing:
+            raise EngineError(
+                f"{len(missing)} of {len(order)} inputs have no row after the merge (first: {missing[0]}); "
+                "the parts are kept: run the same command again with --resume",
+                self.out,
+            )
 
     def _write_final(self, rows: list[dict[str, Any]]) -> None:
         if self.format == "parquet":
