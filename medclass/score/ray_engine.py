@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 LOCAL_OBJECT_STORE_MB = 512
 #: memory a decode task declares (MiB): a block's full-resolution images and its arrays. Declaring it
 #: also keeps decode a stage of its own: Ray Data would otherwise fuse it into the model actors
-DECODE_MEMORY_MB = 256
+DECODE_MEMORY_MB = 512
 #: seconds to wait for a cluster given by --ray-address
 CONNECT_TIMEOUT_S = 60
 
@@ -249,7 +249,7 @@ def run_on_ray(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:
         settings = dict(
             actors=n_actors, device=device, threads=threads, ray_address=config.ray_address or "local",
             decoded_by_node=dict(decoded_by), scored_by_node=dict(scored_by),
-            decode_processes=len(decode_pids), model_processes=len(model_pids),
+            decode_pids=sorted(decode_pids), model_pids=sorted(model_pids),
         )  # fmt: skip
         return counts, settings
     finally:
