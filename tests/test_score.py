@@ -356,3 +356,37 @@ def test_a_worker_crash_fails_one_row_not_the_run(inputs: Path) -> None:
     assert [Path(d.item.path).name for d in out] == ["cxr0.jpeg", "cxr1.jpeg", "cxr2.jpeg"]
     assert out[0].array is not None and out[2].array is not None
     assert out[1].array is None and "crashed the worker process twice" in out[1].error
+
+
+def test_block_parts_are_idempotent_and_the_merge_checks_every_input(tmp_path: Path) -> None:
+    """The sink of an at-least-once engine: a block written twice is one part; the merge keeps one row per
+    key, in input order, with the row log's rows; an input without a row fails the merge, parts kept."""
+    from medclass.errors import EngineError
+    from medclass.score import block_id
+    from medclass.score.ray_engine import make_blocks
+
+    cols = score_columns(CLASSES)
+    keys = [item_key(f"/d/{i}.png", 0) for i in range(5)]
+    rows = [{"path": f"/d/{i}.png", "frame": 0, "prob:NORMAL": i / 10, "error": ""} for i in range(5)]
+    assert block_id(keys[:2]) == block_id(list(keys[:2])) != block_id(keys[1:3])
+    blocks = make_blocks([WorkItem(f"/d/{i}.png", 0) for i in range(5)], 2)
+    assert [b["block"] for b in blocks] == [block_id(keys[0:2]), block_id(keys[2:4]), block_id(keys[4:])]
+
+    output = ScoreOutput(tmp_path / "s.jsonl", "jsonl", cols)
+    output.open()  # an earlier local run committed row 0
+    output.append(rows[:1])
+    output.close()
+    sink = output.sink()
+    sink.write(block_id(keys[1:3]), rows[1:3])
+    sink.write(block_id(keys[1:3]), rows[1:3])  # a retried block
+    sink.write(block_id(keys[0:2]), rows[0:2])  # blocks of another run overlapping row 0 and 1
+    assert len(list(sink.folder.iterdir())) == 2
+    assert set(output.done_rows()) == set(keys[:3])
+    with pytest.raises(EngineError, match="2 of 5 inputs have no row"):
+        output.finalize(keys)
+    assert len(list(sink.folder.iterdir())) == 2  # nothing lost: --resume goes on from here
+    sink.write(block_id(keys[3:]), rows[3:])
+    merged = output.finalize(keys)
+    assert [item_key(r["path"], r["frame"]) for r in merged] == keys
+    assert [r["prob:NORMAL"] for r in merged] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert not sink.folder.exists() and read_scores(tmp_path / "s.jsonl") == merged
