@@ -171,7 +171,7 @@ def main() -> None:
         paths=[folder], out=tmp / "x.csv", workers=workers, threads=args.threads, fast_decode=args.fast_decode
     )
     min_size = decode_min_size(args.fast_decode, pre.spec.size)
-    threads = _threads(cfg, workers, 1)
+    threads = _threads(cfg, workers)
     torch.set_num_threads(threads)
     backend = make_backend("torch", task="multiclass", model=ck.model, precision=args.precision)
     rule = DecisionRule.from_meta(ck.meta)

@@ -54,7 +54,7 @@ def main() -> None:
 
     from medclass.score import ScoreConfig, run_scoring
     from medclass.score.ray_engine import connect
-    from medclass.train.steps import tune_cpu_malloc
+    from medclass.runtime import tune_cpu_malloc
 
     logging.basicConfig(level=logging.WARNING)
     tune_cpu_malloc()

@@ -14,10 +14,11 @@ Public API::
 
 Modules: :mod:`~medclass.score.inputs` (PATHs → work items), :mod:`~medclass.score.pipeline` (decode in
 worker processes overlapped with batched inference), :mod:`~medclass.score.backends` (torch,
-onnxruntime), :mod:`~medclass.score.writer` (append logs, resume, merge), :mod:`~medclass.score.decide`
-(operating point), :mod:`~medclass.score.summary` (per study), :mod:`~medclass.score.runner` (one run,
-the engine table), :mod:`~medclass.score.ray_engine` (the same functions as Ray Data stages). Importing
-this package imports neither torch nor Ray.
+onnxruntime), :mod:`~medclass.score.rows` (columns, formats), :mod:`~medclass.score.writer` (append
+logs, block parts, resume, merge), :mod:`~medclass.score.job` (settings, model, what an engine gets),
+:mod:`~medclass.score.decide` (operating point), :mod:`~medclass.score.summary` (per study),
+:mod:`~medclass.score.runner` (one run, the engine table), :mod:`~medclass.score.ray_engine` (the same
+functions as Ray Data stages). Importing this package imports neither torch nor Ray.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from medclass.errors import InvalidPixelDataError
 from medclass.phi import pseudonym
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import WorkItem, one_line
-from medclass.score.writer import PROB_PREFIX
+from medclass.score.rows import PROB_PREFIX
 
 log = logging.getLogger(__name__)
 

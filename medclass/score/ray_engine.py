@@ -33,8 +33,8 @@ import numpy as np
 from medclass.errors import ConfigError, EngineError
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import WorkItem
+from medclass.score.job import ScoreConfig, ScoreJob, build_backend, make_preprocessor
 from medclass.score.pipeline import Counts, Decoded, decode_item, score_batch
-from medclass.score.runner import ScoreConfig, ScoreJob, build_backend, make_preprocessor
 from medclass.score.writer import PartSink, block_id
 
 log = logging.getLogger(__name__)

@@ -14,51 +14,41 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medclass.errors import CheckpointError, ConfigError
+from medclass.errors import ConfigError
 from medclass.score.decide import DecisionRule
-from medclass.score.inputs import WorkItem, expand_inputs
+from medclass.score.inputs import expand_inputs
+from medclass.score.job import (
+    ScoreConfig,
+    ScoreJob,
+    build_backend,
+    decode_min_size,
+    load_meta,
+    make_preprocessor,
+    output_format,
+)
 from medclass.score.pipeline import Counts, default_workers, score_items
 from medclass.score.summary import write_summary
 from medclass.score.writer import ScoreOutput, score_columns
 
 log = logging.getLogger(__name__)
 
-META_KEYS = ("classes", "task", "input", "window", "fit")
-
-
-@dataclass
-class ScoreConfig:
-    """Everything a scoring run needs (the CLI's flags)."""
-
-    paths: Sequence[str | os.PathLike[str]]
-    out: Path
-    checkpoint: Path | None = None
-    format: str | None = None  # None: from the suffix of ``out`` (csv when unknown)
-    workers: int | None = None  # None: default_workers()
-    batch_size: int = 32
-    resume: bool = False
-    overwrite: bool = False
-    backend: str = "torch"
-    onnx: Path | None = None
-    precision: str = "fp32"
-    device: str = "auto"
-    slice_policy: str = "all"
-    data_root: Path | None = None
-    allow_outside_root: bool = False  # manifests among paths may point outside data_root
-    aggregate: str = "mean"
-    threads: int | None = None  # torch intra-op threads in this process; None: see _threads()
-    # JPEG inputs decoded at 1/2..1/8 scale in the DCT domain (sides kept ≥ 2 × the model input): ~2× less
-    # decode + resize work per radiograph, probabilities within ~0.02 of the exact path (not identical to
-    # what `evaluate` computes, hence opt-in)
-    fast_decode: bool = False
-    engine: str = "local"  # see ENGINES
-    ray_address: str | None = None  # None: a Ray cluster on this machine, started for the run
-    actors: int | None = None  # model replicas on the Ray engine; None: one per GPU, else one
+__all__ = [
+    "ENGINES",
+    "ScoreConfig",
+    "ScoreJob",
+    "ScoreReport",
+    "build_backend",
+    "decode_min_size",
+    "load_meta",
+    "local_engine",
+    "make_preprocessor",
+    "run_scoring",
+]
 
 
 @dataclass
@@ -74,86 +64,6 @@ class ScoreReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class ScoreJob:
-    """What an engine is handed: the items still to score and everything needed to score them.
-
-    An engine writes every item's row through ``output`` (the row log, or the idempotent
-    :meth:`~medclass.score.writer.ScoreOutput.sink`), calls ``progress(n)`` as rows are committed and
-    returns the :class:`Counts` of this run plus the settings it used (for the log and the report).
-    """
-
-    config: ScoreConfig
-    meta: dict[str, Any]
-    model: Any  # the torch model (torch backend), else None
-    rule: DecisionRule
-    todo: list[WorkItem]
-    output: ScoreOutput
-    progress: Callable[[int], None] | None = None
-
-    @property
-    def model_sha256(self) -> str:
-        return str(self.meta.get("sha256", ""))
-
-    def min_size(self) -> int | None:
-        return decode_min_size(self.config.fast_decode, int(self.meta["input"]["size"]))
-
-
-def output_format(out: Path, given: str | None) -> str:
-    if given:
-        return given
-    suffix = out.suffix.lower().lstrip(".")
-    return suffix if suffix in ("csv", "jsonl", "parquet") else "csv"
-
-
-def load_meta(config: ScoreConfig) -> tuple[dict[str, Any], Any]:
-    """The model's meta and, for the torch backend, the model. Raises :class:`CheckpointError` /
-    :class:`ConfigError` for a missing checkpoint, an ONNX file exported from other weights, or neither.
-    """
-    from medclass import checkpoint as checkpoints
-
-    onnx_meta = None
-    if config.backend == "onnxruntime" and config.onnx is not None:
-        from medclass.export import read_sidecar
-
-        onnx_meta = read_sidecar(config.onnx)
-    if config.checkpoint is None:
-        if onnx_meta is None:
-            raise ConfigError("--checkpoint is required (or --backend onnxruntime --onnx MODEL.onnx)")
-        return onnx_meta, None
-    if config.backend == "torch":
-        ckpt = checkpoints.load(config.checkpoint)
-        meta, model = dict(ckpt.meta), ckpt.model
-    else:
-        from medclass.weights import read_meta
-
-        meta, model = read_meta(config.checkpoint), None
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint meta lacks {', '.join(missing)}; it cannot be scored", config.checkpoint
-        )
-    if onnx_meta is not None and onnx_meta.get("sha256") != meta.get("sha256"):
-        raise ConfigError(
-            f"was exported from other weights (sha256 {str(onnx_meta.get('sha256'))[:12]}…) than "
-            f"--checkpoint ({str(meta.get('sha256'))[:12]}…); export it again",
-            config.onnx,
-        )
-    return meta, model
-
-
-def make_preprocessor(meta: dict[str, Any]) -> Any:
-    from medclass.preprocess import Preprocessor
-
-    return Preprocessor.from_meta(meta)
-
-
-def decode_min_size(fast_decode: bool, input_size: int) -> int | None:
-    """The reader's ``min_size`` hint for ``--fast-decode``: 2× the model input (at 1× the drift from the
-    exact path was 5× larger on the Kermany radiographs: max |Δprob| 0.082 against 0.016); None without."""
-    return 2 * input_size if fast_decode else None
-
-
 def _threads(config: ScoreConfig, workers: int) -> int:
     """Model threads: as given, else the cores (less the workers beyond one per core).
 
@@ -166,19 +76,6 @@ def _threads(config: ScoreConfig, workers: int) -> int:
         return int(config.threads)
     cpus = os.cpu_count() or 1
     return max(1, cpus - max(0, workers - cpus))
-
-
-def build_backend(config: ScoreConfig, task: str, model: Any, device: str, threads: int) -> Any:
-    """The inference backend of ``config`` (see :func:`~medclass.score.backends.make_backend`); loads the
-    checkpoint's model when ``model`` is None and the backend is torch (a Ray actor does that)."""
-    from medclass.score.backends import make_backend
-
-    if model is None and config.backend == "torch":
-        model = load_meta(config)[1]
-    return make_backend(
-        config.backend, task=task, model=model, onnx_path=config.onnx, device=device,
-        precision=config.precision, threads=threads,
-    )  # fmt: skip
 
 
 def local_engine(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from medclass.fileio import write_csv
 from medclass.score.decide import DecisionRule
-from medclass.score.writer import PROB_PREFIX
+from medclass.score.rows import PROB_PREFIX
 
 
 def summary_path(out: Path | str) -> Path:

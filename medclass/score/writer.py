@@ -4,7 +4,7 @@ Why an append log and not numbered part files: the output is one file the user c
 costs one ``write`` + ``fsync`` per batch whatever the run's length, and resuming needs only the keys of
 the rows already there. Every row is one line (cells are cleaned of CR/LF), written whole batches at a
 time, flushed and fsynced; so after a SIGKILL at any moment the file holds complete rows plus at most one
-torn last line (no trailing newline). :meth:`RowLog.read` with ``repair`` truncates that torn tail; the
+torn last line (no trailing newline). :meth:`~medclass.score.rows.RowLog.read` with ``repair`` truncates that torn tail; the
 rows before it are done and their keys (``path#frame``) are skipped on ``--resume``. Rows of a batch are
 independent, so a batch cut half-way leaves its first rows done and the rest to score: never twice.
 
@@ -21,234 +21,48 @@ may be resumed with the other engine. A second writer on the same file is refuse
 from __future__ import annotations
 
 import contextlib
-import csv
-import fcntl
 import hashlib
-import io
-import json
 import logging
-import os
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from medclass.errors import ConfigError, DataError, EngineError
-from medclass.fileio import atomic_write, atomic_write_text, restore_cell, safe_cell
-from medclass.score.inputs import clean_text, item_key
+from medclass.errors import ConfigError, EngineError
+from medclass.fileio import atomic_write_text
+from medclass.score.rows import (
+    FORMATS,
+    LEADING_COLUMNS,
+    LOGS,
+    PROB_PREFIX,
+    TRAILING_COLUMNS,
+    CsvLog,
+    JsonlLog,
+    RowLog,
+    read_scores,
+    row_key,
+    score_columns,
+    write_parquet,
+)
 
 log = logging.getLogger(__name__)
 
-LEADING_COLUMNS = ["path", "frame", "patient", "study_uid", "series_uid"]
-TRAILING_COLUMNS = ["predicted", "decision", "model_sha256", "error"]
-PROB_PREFIX = "prob:"
-
-
-def score_columns(classes: Sequence[str]) -> list[str]:
-    """The columns of a scores file for ``classes``, in order."""
-    return [*LEADING_COLUMNS, *(f"{PROB_PREFIX}{c}" for c in classes), *TRAILING_COLUMNS]
-
-
-def row_key(row: dict[str, Any]) -> str:
-    """The stable key of a written row (``path#frame``)."""
-    return item_key(str(row.get("path", "")), row.get("frame"))
-
-
-class RowLog:
-    """An append-only file of score rows (override :meth:`encode`/:meth:`decode`, and :meth:`header`)."""
-
-    format = ""
-
-    def __init__(self, path: Path, columns: list[str]) -> None:
-        self.path = Path(path)
-        self.columns = columns
-        self._fh: IO[str] | None = None
-
-    # --- the format ------------------------------------------------------------------------------
-    def header(self) -> str:
-        return ""
-
-    def encode(self, row: dict[str, Any]) -> str:
-        raise NotImplementedError
-
-    def decode(self, line: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _check_header(self, line: str) -> None:
-        pass
-
-    # --- reading ---------------------------------------------------------------------------------
-    def read(self, *, repair: bool = False) -> list[dict[str, Any]]:
-        """The complete rows in the file ([] when it does not exist).
-
-        A torn last line (no newline: the writer was killed mid-write) is ignored, and with ``repair``
-        cut off the file. Raises :class:`ConfigError` when the file has other columns than this run
-        would write, and :class:`DataError` for a complete line that does not parse.
-        """
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            log.warning(
-                "%s: dropping a torn last line (%d bytes) left by an interrupted run",
-                self.path,
-                len(data) - end,
-            )
-            if repair:
-                with open(self.path, "r+b") as fh:
-                    fh.truncate(end)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        lines = data[:end].decode("utf-8").splitlines()
-        if self.header():
-            if not lines:
-                return []
-            self._check_header(lines[0])
-            lines = lines[1:]
-        rows = []
-        for n, line in enumerate(lines, start=2 if self.header() else 1):
-            try:
-                rows.append(self.decode(line))
-            except (ValueError, TypeError) as exc:
-                raise DataError(
-                    f"line {n} is not a valid {self.format} row ({exc}); move the file away", self.path
-                ) from exc
-        return rows
-
-    # --- writing ---------------------------------------------------------------------------------
-    def open(self) -> None:
-        """Open for appending (creating it with its header); refuse a file another process is writing."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (kept open across batches)
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise ConfigError(
-                "another medclass score is writing this file; wait for it or use another --out", self.path
-            ) from None
-        self._fh = fh
-        if fh.tell() == 0 and self.header():
-            self._commit(self.header())
-
-    def append(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Append ``rows`` as one write, flush and fsync (the batch is committed when this returns)."""
-        text = "".join(self.encode(r) for r in rows)
-        if text:
-            self._commit(text)
-
-    def _commit(self, text: str) -> None:
-        assert self._fh is not None, "RowLog.open() first"
-        self._fh.write(text)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-class CsvLog(RowLog):
-    """CSV with a header line; cells are formula-safe (:func:`~medclass.fileio.safe_cell`) and one-line."""
-
-    format = "csv"
-
-    def _line(self, values: Iterable[Any]) -> str:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(values)
-        return buf.getvalue()
-
-    def header(self) -> str:
-        return self._line(self.columns)
-
-    def _check_header(self, line: str) -> None:
-        found = next(csv.reader([line]))
-        if found != self.columns:
-            raise ConfigError(
-                f"has columns {','.join(found)} but this checkpoint writes {','.join(self.columns)}; "
-                "use another --out (or --overwrite)",
-                self.path,
-            )
-
-    def encode(self, row: dict[str, Any]) -> str:
-        cells = []
-        for c in self.columns:
-            v = row.get(c, "")
-            v = "" if v is None else v
-            cells.append(safe_cell(clean_text(v)) if isinstance(v, str) else v)
-        return self._line(cells)
-
-    def decode(self, line: str) -> dict[str, Any]:
-        values = next(csv.reader([line]))
-        if len(values) != len(self.columns):
-            raise ValueError(f"{len(values)} cells for {len(self.columns)} columns")
-        return {c: restore_cell(v) for c, v in zip(self.columns, values, strict=True)}
-
-
-class JsonlLog(RowLog):
-    """One JSON object per line (numbers stay numbers, ``frame`` null for an unopenable file)."""
-
-    format = "jsonl"
-
-    def encode(self, row: dict[str, Any]) -> str:
-        clean = {
-            c: (clean_text(v) if isinstance(v, str) else v)
-            for c, v in ((c, row.get(c)) for c in self.columns)
-        }
-        return json.dumps(clean, ensure_ascii=False, allow_nan=True) + "\n"
-
-    def decode(self, line: str) -> dict[str, Any]:
-        row = json.loads(line)
-        if not isinstance(row, dict):
-            raise ValueError("not a JSON object")
-        return row
-
-
-LOGS: dict[str, type[RowLog]] = {"csv": CsvLog, "jsonl": JsonlLog}
-FORMATS = ("csv", "jsonl", "parquet")
-
-
-def _write_parquet(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def typed(c: str) -> Any:
-        if c.startswith(PROB_PREFIX):
-            return pa.array([_float_or_none(r.get(c)) for r in rows], type=pa.float32())
-        if c == "frame":
-            return pa.array([None if r.get(c) in (None, "") else int(r[c]) for r in rows], type=pa.int64())
-        return pa.array(["" if r.get(c) is None else str(r.get(c)) for r in rows], type=pa.string())
-
-    table = pa.table({c: typed(c) for c in columns})
-    with atomic_write(path, "wb") as fh:
-        pq.write_table(table, fh)
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value in (None, "") else float(value)
-
-
-def read_scores(path: Path | str, fmt: str | None = None) -> list[dict[str, Any]]:
-    """The rows of a finished scores file (``csv``, ``jsonl`` or ``parquet``, from the suffix by default).
-
-    CSV cells come back as strings. Raises :class:`ConfigError` for an unknown format.
-    """
-    path = Path(path)
-    fmt = fmt or path.suffix.lstrip(".").lower()
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if fmt == "csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            return [{k: restore_cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-    if fmt == "jsonl":
-        return JsonlLog(path, []).read()
-    raise ConfigError(f"unknown scores format {fmt!r}; valid: {', '.join(FORMATS)}", path)
-
+__all__ = [
+    "FORMATS",
+    "LEADING_COLUMNS",
+    "LOGS",
+    "PROB_PREFIX",
+    "TRAILING_COLUMNS",
+    "CsvLog",
+    "JsonlLog",
+    "PartSink",
+    "RowLog",
+    "ScoreOutput",
+    "block_id",
+    "read_scores",
+    "row_key",
+    "score_columns",
+]
 
 PARTS_SUFFIX = ".parts"
 
@@ -435,7 +249,7 @@ class ScoreOutput:
 
     def _write_final(self, rows: list[dict[str, Any]]) -> None:
         if self.format == "parquet":
-            _write_parquet(self.out, rows, self.columns)
+            write_parquet(self.out, rows, self.columns)
             return
         fmt_log = LOGS[self.format](self.out, self.columns)
         atomic_write_text(self.out, fmt_log.header() + "".join(fmt_log.encode(r) for r in rows))
