@@ -52,9 +52,9 @@ def main() -> None:
 
     import logging
 
+    from medclass.runtime import tune_cpu_malloc
     from medclass.score import ScoreConfig, run_scoring
     from medclass.score.ray_engine import connect
-    from medclass.runtime import tune_cpu_malloc
 
     logging.basicConfig(level=logging.WARNING)
     tune_cpu_malloc()
