@@ -118,9 +118,30 @@ _STAGE_NAMES = {
     "train": "train",
     "evaluate": "evaluate",
     "explain": "explain (clinician reports, DICOM)",
-    "localisation": "Grad-CAM hit rate",
+    "localisation": "Grad-CAM hit rate and regions (test + held-out)",
     "index": "index page",
 }
+
+
+def _regions_table(reg: Mapping[str, Any]) -> str:
+    """Pointing game and box IoU of the saliency regions on test and held-out lesions, beside chance."""
+    if not reg:
+        return ""
+    rows = []
+    for name, key in (("test split", "test"), ("held-out set (another seed)", "heldout")):
+        s = reg.get(key)
+        if s:
+            hit, ch = s["iou_hit_rate"], s["iou_hit_rate_chance"]
+            rows.append((name, s["n"], f"{_pct(s['pointing'])} ({_pct(s['pointing_chance'])})",
+                         f"{_num(s['mean_iou'])} ({_num(s['mean_iou_chance'])})",
+                         *(f"{_pct(hit[k])} ({_pct(ch[k])})" for k in ("0.1", "0.3", "0.5"))))  # fmt: skip
+    head = (f"<p><b>Saliency regions</b> (connected areas of the map ≥ {_e(reg.get('threshold'))} × its peak; "
+            f"threshold chosen on {_e(reg.get('threshold_source', ''))}): pointing game (map maximum inside the "
+            "lesion disc) and IoU of the top region's box with the lesion's box, the CheXlocalize way; chance "
+            "in brackets (a uniformly random point; the same box at a uniformly random place). A region is "
+            "where the map is high, not a segmentation of the lesion.</p>")  # fmt: skip
+    return head + _table(rows, ["images", "n", "pointing game", "mean IoU", "IoU ≥ 0.1", "IoU ≥ 0.3", "IoU ≥ 0.5"],
+                         numeric=(1,))  # fmt: skip
 
 
 def render_index(doc: Mapping[str, Any]) -> str:
@@ -179,6 +200,7 @@ def render_index(doc: Mapping[str, Any]) -> str:
         f"{_pct(loc.get('chance_rate'))}. A model trained from scratch for a few minutes localises coarsely; "
         f'per image: <a href="localisation.json">localisation.json</a>.</p>'
     )
+    body.append(_regions_table(loc.get("regions") or {}))
 
     # outputs
     body.append("<h2>Outputs</h2>")

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,47 @@ def read_lesions(lesions_json: str | os.PathLike[str]) -> dict[str, dict[str, fl
         raise DataError(f"cannot read the lesion positions: {exc}", lesions_json) from exc
 
 
+class LesionMaps:
+    """Saliency of ``positive_class`` for images read from paths, batch by batch: the one loop behind
+    :func:`grad_cam_hits` and the region measurements (:mod:`medclass.demo.regions`).
+
+    Raises CheckpointError for a bad checkpoint and DataError when the class is unknown to it.
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike[str], *, positive_class: str = "opacity",
+                 layer: str = "Mixed_5d", method: str = "gradcam", batch_size: int = 8) -> None:  # fmt: skip
+        from medclass import checkpoint as checkpoints
+        from medclass.explain import Explainer, layer_grid
+        from medclass.preprocess import Preprocessor
+
+        ckpt = checkpoints.load(Path(checkpoint))
+        meta = ckpt.meta
+        classes = list(meta["classes"])
+        if positive_class not in classes:
+            raise DataError(f"class {positive_class!r} is not one of the checkpoint's classes {classes}")
+        self.target = classes.index(positive_class)
+        self.pre = Preprocessor.from_meta(meta)
+        self.grid = layer_grid(ckpt.model, layer, self.pre.spec.size)
+        self.layer, self.method, self.batch_size = layer, method, batch_size
+        self.explainer = Explainer(ckpt.model, method=method, layer=layer, batch_size=batch_size,
+                                   task=str(meta["task"]))  # fmt: skip
+
+    def __call__(
+        self, paths: Sequence[str | os.PathLike[str]]
+    ) -> Iterator[tuple[int, Any, np.ndarray, float]]:
+        """(index into ``paths``, geometry, S×S map, probability of the class) for each image, in order."""
+        import torch
+
+        from medclass.ingest import read
+
+        for start in range(0, len(paths), self.batch_size):
+            prepared = [self.pre(read(p)[0]) for p in paths[start : start + self.batch_size]]
+            x = torch.from_numpy(np.stack([p.array for p in prepared]))  # B×3×S×S
+            sal = self.explainer.explain(x, [self.target] * len(prepared))
+            for k, (prep, cam, prob) in enumerate(zip(prepared, sal.maps, sal.probabilities, strict=True)):
+                yield start + k, prep.geometry, cam, float(prob[self.target])
+
+
 def grad_cam_hits(
     checkpoint: str | os.PathLike[str],
     manifest: str | os.PathLike[str],
@@ -140,46 +181,26 @@ def grad_cam_hits(
 ) -> Localisation:
     """Grad-CAM hit rate of ``positive_class`` over the ``split`` images that have a recorded lesion.
 
-    ``on_image(done, total)`` is called after each batch (progress). Returns a :class:`Localisation`.
+    ``on_image(done, total)`` is called after each image (progress). Returns a :class:`Localisation`.
     Raises CheckpointError / ManifestError for bad inputs and DataError when the class is unknown to the
     checkpoint or no image of the split has a recorded lesion.
     """
-    import torch
-
-    from medclass import checkpoint as checkpoints
-    from medclass.explain import Explainer, layer_grid
-    from medclass.ingest import read
     from medclass.manifest import load_manifest
-    from medclass.preprocess import Preprocessor
 
-    ckpt = checkpoints.load(Path(checkpoint))
-    meta = ckpt.meta
-    classes = list(meta["classes"])
-    if positive_class not in classes:
-        raise DataError(f"class {positive_class!r} is not one of the checkpoint's classes {classes}")
-    target = classes.index(positive_class)
-    pre = Preprocessor.from_meta(meta)
+    maps = LesionMaps(checkpoint, positive_class=positive_class, layer=layer, method=method,
+                      batch_size=batch_size)  # fmt: skip
     lesions = read_lesions(lesions_json)
     m = load_manifest(manifest, data_root)
     rows = [r for r in m.rows if r.split == split and str(r.path) in lesions]
     if not rows:
         raise DataError(f"no {split} image has a recorded lesion in {lesions_json}", manifest)
-    model = ckpt.model
-    grid = layer_grid(model, layer, pre.spec.size)
-    explainer = Explainer(model, method=method, layer=layer, batch_size=batch_size, task=str(meta["task"]))
     hits: list[Hit] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        prepared = [pre(read(m.resolve(r))[0]) for r in chunk]
-        x = torch.from_numpy(np.stack([p.array for p in prepared]))  # B×3×S×S
-        sal = explainer.explain(x, [target] * len(chunk))
-        for row, prep, cam, prob in zip(chunk, prepared, sal.maps, sal.probabilities, strict=True):
-            hits.append(
-                _hit(str(row.path), lesions[str(row.path)], prep.geometry, cam, grid, float(prob[target]))
-            )
+    for i, geometry, cam, prob in maps([m.resolve(r) for r in rows]):
+        path = str(rows[i].path)
+        hits.append(_hit(path, lesions[path], geometry, cam, maps.grid, prob))
         if on_image is not None:
             on_image(len(hits), len(rows))
-    loc = Localisation(layer, method, grid, _RULE, hits)
+    loc = Localisation(layer, method, maps.grid, _RULE, hits)
     log.info(
         "Grad-CAM (%s, %s) peak within the lesion (+ tolerance) on %d of %d %s images",
         method,

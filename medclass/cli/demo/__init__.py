@@ -38,8 +38,10 @@ own, and writes OUT/index.html linking the results:
   OUT/manifest.csv     patient-split manifest (medclass manifest build)
   OUT/run/             training run: checkpoints, metrics.csv, config.yaml (medclass train)
   OUT/evaluation/      report.html, metrics.json, predictions.csv (medclass evaluate)
-  OUT/explain/         clinician reports (HTML/PDF) and DICOM Secondary Captures (medclass explain)
-  OUT/localisation.json  where Grad-CAM peaks on each test positive vs the recorded lesion
+  OUT/explain/         clinician reports (HTML/PDF), DICOM Secondary Captures, region SR + SEG (medclass explain)
+  OUT/heldout/         a held-out set of positives generated the same way (another seed), lesions.json
+  OUT/localisation.json  where Grad-CAM peaks on each test positive vs the recorded lesion, and how its
+                       regions score (pointing game, box IoU, each beside chance) on test and held-out
   OUT/index.html       what was run, how long each stage took, test AUC, Grad-CAM hit rate, links
 
 The model starts from random weights (nothing is downloaded). Profiles:
@@ -55,7 +57,7 @@ Examples:
   medclass demo --profile full --out demo_full
 """
 
-STAGES = ("data", "manifest", "train", "evaluate", "explain", "localisation", "index")
+STAGES = ("data", "manifest", "train", "evaluate", "localisation", "explain", "index")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +214,7 @@ def _prepare_out(out: Path, force: bool) -> None:
         "explain",
         "manifest.csv",
         "localisation.json",
+        "heldout",
         "demo.json",
         "index.html",
     ]
@@ -314,21 +317,22 @@ def _run_stages(
                            "--by", "sex", "--by", "view"], tb)  # fmt: skip
         state["auc"] = _auc_summary(eval_dir / "metrics.json", positive)
 
+    with stages.stage("localisation", "measuring where Grad-CAM points (test positives vs recorded lesions)"):
+        state["localisation"] = localise(stages.console, checkpoint, manifest, data, ds.lesions_json, profile,
+                                          positive, out, not args.no_progress, seed)  # fmt: skip
+
     with stages.stage("explain", "explaining test cases with Grad-CAM (medclass explain)"):
         cases = _pick_cases(manifest, profile.n_explain_positive, profile.n_explain_negative, positive, seed)
         state["explained"] = cases
         if _command_available("explain"):
             _call("explain", ["explain", "--checkpoint", checkpoint, *[data / c for c in cases],
                               "--out", explain_dir, "--layer", profile.cam_layer, "--method", profile.cam_method,
-                              "--metrics", eval_dir / "metrics.json", "--dicom"], tb)  # fmt: skip
+                              "--metrics", eval_dir / "metrics.json", "--dicom", "--regions", "--seg",
+                              "--region-threshold", state["localisation"]["regions"]["threshold"]], tb)  # fmt: skip
         else:
             msg = "the explain command is not available in this installation: no clinician reports"
             state["warnings"].append(msg)
             log.warning(msg)
-
-    with stages.stage("localisation", "measuring where Grad-CAM points (test positives vs recorded lesions)"):
-        state["localisation"] = localise(stages.console, checkpoint, manifest, data, ds.lesions_json, profile,
-                                          positive, out, not args.no_progress)  # fmt: skip
 
     state["seconds"] = dict(stages.seconds)
     with stages.stage("index", "writing index.html"):

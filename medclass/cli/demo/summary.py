@@ -38,7 +38,7 @@ def _range(values: Any) -> str:
 
 
 def localise(console: Any, checkpoint: Path, manifest: Path, data: Path, lesions: Path, profile: Any,
-              positive: str, out: Path, progress: bool) -> dict[str, Any]:  # fmt: skip
+              positive: str, out: Path, progress: bool, seed: int = 0) -> dict[str, Any]:  # fmt: skip
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from medclass.demo.localisation import grad_cam_hits
@@ -53,7 +53,8 @@ def localise(console: Any, checkpoint: Path, manifest: Path, data: Path, lesions
 
         loc = grad_cam_hits(checkpoint, manifest, lesions, data_root=data, positive_class=positive,
                             layer=profile.cam_layer, method=profile.cam_method, on_image=on_image)  # fmt: skip
-    result = loc.to_dict()
+    result = loc.to_dict() | {"regions": _regions(console, checkpoint, manifest, data, lesions, profile, positive,
+                                                  out, seed)}  # fmt: skip
     atomic_write_text(out / "localisation.json", json.dumps(result, indent=1) + "\n")
     console.print(
         f"  Grad-CAM peak within the lesion + 1 cell on {sum(h.hit for h in loc.hits)}/{loc.n} test positives "
@@ -62,6 +63,33 @@ def localise(console: Any, checkpoint: Path, manifest: Path, data: Path, lesions
         f"({loc.grid[0]}×{loc.grid[1]} grid, cell {loc.tolerance_px[0]:.0f}–{loc.tolerance_px[1]:.0f} px)"
     )
     return result
+
+
+def _regions(console: Any, checkpoint: Path, manifest: Path, data: Path, lesions: Path, profile: Any,
+             positive: str, out: Path, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Regions measured on the test split and on a held-out set generated here (another seed)."""
+    from medclass.demo.regions import measure_regions
+    from medclass.synth import generate_cxr_dataset
+
+    heldout = generate_cxr_dataset(out / "heldout", n_patients=max(20, profile.n_patients // 6),
+                                   images_per_patient=(1, 1), positive_fraction=1.0, seed=seed + 1000,
+                                   sizes=profile.sizes, lesion_contrast=profile.lesion_contrast)  # fmt: skip
+    reg = measure_regions(checkpoint, manifest, lesions, data_root=data, heldout_lesions_json=heldout.lesions_json,
+                          positive_class=positive, layer=profile.cam_layer, method=profile.cam_method)  # fmt: skip
+    console.print(f"  regions at {reg.threshold:g} × peak (chosen on {reg.threshold_source}):")
+    for name, sc in (("test", reg.test), ("held-out", reg.heldout)):
+        if sc is not None:
+            console.print("    " + region_line(name, sc.to_dict()))
+    return reg.to_dict()
+
+
+def region_line(name: str, s: dict[str, Any]) -> str:
+    """One line of region scores beside chance (``LocalisationScores.to_dict()``)."""
+    hit, ch = s["iou_hit_rate"], s["iou_hit_rate_chance"]
+    return (f"{name} (n={s['n']}): pointing game {_pct(s['pointing'])} (chance {_pct(s['pointing_chance'])}); "
+            f"box IoU mean {s['mean_iou']:.2f} (chance {s['mean_iou_chance']:.2f}); IoU ≥ 0.1/0.3/0.5 "
+            f"{'/'.join(_pct(hit[k]) for k in ('0.1', '0.3', '0.5'))} "
+            f"(chance {'/'.join(_pct(ch[k]) for k in ('0.1', '0.3', '0.5'))})")  # fmt: skip
 
 
 def _pct(x: float | None) -> str:
@@ -121,6 +149,12 @@ def print_summary(
         f"Grad-CAM hit rate: {_pct(loc.get('hit_rate'))} of {loc.get('n', 0)} test positives "
         f"(peak within the lesion + 1 CAM cell; chance {_pct(loc.get('chance_rate'))})"
     )
+    regions = loc.get("regions") or {}
+    for name, key in (("test", "test"), ("held-out", "heldout")):
+        if regions.get(key):
+            console.print(
+                f"Grad-CAM regions at {regions['threshold']:g} × peak, " + region_line(name, regions[key])
+            )
     for w in state.get("warnings", []):
         console.print(f"[yellow]warning: {w}[/yellow]")
     console.print(f"[bold]open {out / 'index.html'}[/bold]")
