@@ -46,10 +46,39 @@ def test_demo_dicom_outputs_readable(demo: tuple[int, Path]) -> None:
     _, out = demo
     doc = json.loads((out / "demo.json").read_text())
     assert doc["dicom_outputs"], "no DICOM output"
+    kinds = {}
     for rel in doc["dicom_outputs"]:
         ds = pydicom.dcmread(out / rel)
-        assert ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
-        assert ds.pixel_array.ndim in (2, 3)
+        kinds.setdefault(ds.SOPClassUID.name, []).append(rel)
+        if ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage:
+            assert ds.pixel_array.ndim in (2, 3)
+    # the saliency overlays, and (explain --regions --seg) a region SR and SEG per explained image
+    assert set(kinds) == {
+        "Secondary Capture Image Storage",
+        "Comprehensive 3D SR Storage",
+        "Segmentation Storage",
+    }
+    assert len(kinds["Comprehensive 3D SR Storage"]) == len(kinds["Secondary Capture Image Storage"])
+
+
+@pytest.mark.slow
+def test_demo_regions_beat_chance_on_test_and_heldout(demo: tuple[int, Path]) -> None:
+    """Saliency regions (threshold chosen on validation lesions) on the test split and on a held-out set
+    generated with another seed: pointing game and box IoU well above their chance baselines."""
+    _, out = demo
+    reg = json.loads((out / "localisation.json").read_text())["regions"]
+    assert 0 < reg["threshold"] < 1 and reg["threshold_source"].startswith("validation lesions")
+    for key in ("test", "heldout"):
+        s = reg[key]
+        assert s["n"] >= 10, (key, s)
+        assert s["pointing"] >= max(0.3, 3 * s["pointing_chance"]), (key, s)
+        assert s["mean_iou"] >= max(0.15, 2 * s["mean_iou_chance"]), (key, s)
+        assert s["iou_hit_rate"]["0.1"] >= 2 * s["iou_hit_rate_chance"]["0.1"], (key, s)
+    doc = json.loads((out / "demo.json").read_text())
+    assert doc["localisation"]["regions"]["heldout"]["n"] == reg["heldout"]["n"]
+    explained = json.loads((out / "explain" / "explanations.json").read_text())
+    assert explained["region_threshold"] == reg["threshold"]
+    assert all(row["regions"] for row in explained["images"])
 
 
 @pytest.mark.slow
