@@ -4,6 +4,7 @@ baselines; the trained-lesion check lives in test_explain.py (it reuses that fil
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,46 @@ def test_region_flags_need_regions_and_dicom(tmp_path, capsys):
     assert "need --regions" in capsys.readouterr().err
     assert main([*base, "--regions", "--seg"]) == ExitCode.ERROR
     assert "add --dicom" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "eCT_Supplemental.dcm"])
+def test_region_dicoms_for_ct_mr_and_a_multiframe_frame(name, tmp_path, dicom_samples):
+    """SR and SEG of a CT slice, an MR slice and frame 2 of an enhanced CT validate and reference the
+    source (and, for the multi-frame file, its frame)."""
+    import subprocess
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from test_explain_outputs import need
+
+    from medclass import ingest
+    from medclass.explain.dicom_regions import write_region_dicoms
+
+    dciodvfy = need("dciodvfy")
+    path = dicom_samples / "pydicom-data" / name if name.startswith("eCT") else Path(get_testdata_file(name))
+    images = ingest.load(ingest.discover([str(path)])[0], slice_policy="all")
+    image = images[-1]  # the last frame of a multi-frame file
+    h, w = image.pixels.shape[:2]
+    yy, xx = np.mgrid[:h, :w] + 0.5
+    sal = np.exp(-((xx - w / 3) ** 2 + (yy - h / 2) ** 2) / (2 * (w / 10) ** 2)).astype(np.float32)
+    regions = RegionFinder(0.5)(sal)
+    written = write_region_dicoms(image.meta, regions, regions_mask(sal, 0.5), tmp_path / "x", method="gradcam",
+                                  explained_class="opacity", threshold=0.5)  # fmt: skip
+    for p in written.values():
+        res = subprocess.run([dciodvfy, str(p)], capture_output=True, text=True)
+        assert [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")] == [], p.name
+    src = pydicom.dcmread(path, stop_before_pixels=True)
+    sr, seg = pydicom.dcmread(written["sr"]), pydicom.dcmread(written["seg"])
+    (scoord, *_) = _items(sr.ContentSequence, "SCOORD")
+    ref = scoord.ContentSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID and sr.StudyInstanceUID == src.StudyInstanceUID
+    derivation = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert derivation.ReferencedSOPInstanceUID == src.SOPInstanceUID and seg.NumberOfFrames == 1
+    if int(src.get("NumberOfFrames", 1) or 1) > 1:
+        assert (
+            len(images) > 1 and ref.ReferencedFrameNumber == len(images) == derivation.ReferencedFrameNumber
+        )
+    else:
+        assert "ReferencedFrameNumber" not in ref and "ReferencedFrameNumber" not in derivation

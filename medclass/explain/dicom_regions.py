@@ -16,7 +16,6 @@ code says "where a classifier's saliency map is high", and a disease code would 
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from pydicom.uid import generate_uid
 from medclass import __version__
 from medclass.errors import DataError, InputError
 from medclass.explain.dicom_out import ANONYMIZED, SERIES_NUMBER, read_source_header
+from medclass.explain.dicom_refs import SourceRef, evidence, source_ref
 from medclass.explain.regions import Region
 from medclass.ingest.types import ImageMeta
 from medclass.phi import pseudonym
@@ -50,14 +50,15 @@ def _code(value: str, meaning: str) -> Any:
     return CodedConcept(value, _SCHEME, meaning)
 
 
-def _source(meta: ImageMeta, source: Dataset | None, include_phi: bool) -> Dataset:
+def _source(meta: ImageMeta, source: Dataset | None, include_phi: bool) -> tuple[Dataset, SourceRef]:
     """The source header the outputs copy patient/study from: de-identified unless ``include_phi``."""
     src = read_source_header(meta) if source is None else source
-    if not (meta.study_uid or src.get("StudyInstanceUID")) or not meta.sop_uid:
-        raise InputError("the source has no Study/SOP Instance UID to reference", meta.source)
+    ref = source_ref(meta, src)  # the same identity, frame and study rules as the Secondary Capture
+    if not ref.sop_uid:
+        raise InputError("the source has no SOP Instance UID to reference", meta.source)
+    out = evidence(src, ref)
     if include_phi:
-        return src
-    out = copy.deepcopy(src)
+        return out, ref
     out.PatientName = ANONYMIZED
     out.PatientID = pseudonym(meta.patient_id) or "ANONYMIZED"
     for keyword in _TYPE2:
@@ -65,7 +66,7 @@ def _source(meta: ImageMeta, source: Dataset | None, include_phi: bool) -> Datas
     for keyword in _OPTIONAL:
         if keyword in out:
             delattr(out, keyword)
-    return out
+    return out, ref
 
 
 def _deidentified(ds: Dataset, include_phi: bool) -> None:
@@ -78,8 +79,8 @@ def _deidentified(ds: Dataset, include_phi: bool) -> None:
         ds.DeidentificationMethod = "medclass: names, dates, IDs removed; UIDs kept"
 
 
-def _frames(meta: ImageMeta) -> list[int] | None:
-    return [meta.index + 1] if meta.n_frames > 1 else None
+def _frames(ref: SourceRef) -> list[int] | None:
+    return None if ref.frame_number is None else [ref.frame_number]
 
 
 def _closed(points: Sequence[tuple[float, float]]) -> np.ndarray:
@@ -110,8 +111,8 @@ def regions_sr(
 
     if not regions:
         raise DataError("no saliency region to report (the map is empty)")
-    src = _source(meta, source, include_phi)
-    image = hd.sr.SourceImageForRegion.from_source_image(src, referenced_frame_numbers=_frames(meta))
+    src, ref = _source(meta, source, include_phi)
+    image = hd.sr.SourceImageForRegion.from_source_image(src, referenced_frame_numbers=_frames(ref))
     algorithm = hd.sr.AlgorithmIdentification(name=f"medclass {method} saliency regions", version=__version__)
     unit = CodedConcept("1", "UCUM", "no units")
     groups = []
@@ -196,7 +197,7 @@ def regions_seg(
     from highdicom.spatial import get_image_coordinate_system
     from pydicom.sr.codedict import codes
 
-    src = _source(meta, source, include_phi)
+    src, ref = _source(meta, source, include_phi)
     shape = (int(src.get("Rows", 0)), int(src.get("Columns", 0)))
     if mask.shape != shape:
         raise DataError(f"the region mask is {mask.shape[0]}×{mask.shape[1]} but the source image is {shape[0]}×{shape[1]}", meta.source)  # fmt: skip
@@ -209,7 +210,7 @@ def regions_seg(
     pixels = mask.astype(np.uint8)[None]  # 1×H×W
     if frames > 1:
         pixels = np.zeros((frames, *shape), np.uint8)
-        pixels[meta.index] = mask
+        pixels[(ref.frame_number or 1) - 1] = mask
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=f"saliency {explained_class}"[:64],
