@@ -8,7 +8,9 @@ bug and shows its traceback with ``--traceback``.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from os import PathLike
+from typing import Any
 
 # C0/C1 control characters (newline, NUL, ESC of terminal escape codes...) and the line/paragraph
 # separators that str.splitlines() also breaks on.
@@ -144,10 +146,44 @@ class EngineError(MedclassError):
     kind = "engine"
 
 
-def short_message(exc: BaseException, limit: int = 200) -> str:
-    """``exc``'s message on one line (whitespace runs collapsed), cut at ``limit`` characters with "…"."""
+def short_message(exc: BaseException, limit: int | None = 200, *, typed: bool = False) -> str:
+    """``exc``'s message on one line (whitespace runs collapsed), cut at ``limit`` characters with "…".
+
+    The one "exception → one line" of medclass. With ``typed``, an exception that is not a
+    :class:`MedclassError` (whose messages already say what went wrong) is prefixed with its class name
+    (``ValueError: …``), and an empty message gives the class name alone.
+    """
     text = " ".join(str(exc).split())
-    return text[:limit] + ("…" if len(text) > limit else "")
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    if typed and not isinstance(exc, MedclassError):
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text or (type(exc).__name__ if typed else "")
+
+
+def look_up(
+    table: Mapping[str, Any] | Collection[str],
+    name: str,
+    what: str,
+    *,
+    error: type[MedclassError] = ConfigError,
+    path: str | PathLike[str] | None = None,
+    also: Collection[str] = (),
+) -> Any:
+    """``table[name]`` for a name → value table, ``name`` itself for a collection of valid names.
+
+    The one "unknown name → list the valid ones" of medclass (MONAI's ``look_up_option`` idea, without
+    importing MONAI for it). An unknown name raises ``error`` (:class:`ConfigError` by default, naming
+    ``path`` when given): ``unknown <what> 'x'; valid: a, b`` (then the ``also`` forms, e.g. ``index:N``).
+    """
+    try:
+        known = name in table
+    except TypeError:  # an unhashable value
+        known = False
+    if known:
+        return table[name] if isinstance(table, Mapping) else name
+    valid = ", ".join([*map(str, table), *also])
+    raise error(f"unknown {what} {name!r}; valid: {valid}", path)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -159,5 +195,4 @@ def error_kind(exc: BaseException) -> str:
 def describe(exc: BaseException, limit: int = 500) -> str:
     """``kind: message`` on one line for a per-item error row/log line; the message names the file when
     the error does, and an unexpected exception keeps its type (``internal: KeyError: 'x'``)."""
-    text = short_message(exc, limit) if isinstance(exc, MedclassError) else f"{type(exc).__name__}: {exc}"
-    return f"{error_kind(exc)}: {' '.join(text.split()) or type(exc).__name__}"
+    return f"{error_kind(exc)}: {short_message(exc, limit, typed=True) or type(exc).__name__}"

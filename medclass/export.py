@@ -193,7 +193,7 @@ def export_onnx(
 
     ckpt = checkpoints.load(Path(checkpoint))
     meta = ckpt.meta
-    size = int((meta.get("input") or {}).get("size") or meta.get("image_size") or 299)
+    size = int((meta.get("input") or {}).get("size") or meta["image_size"])  # load() validated both
     wrapper = MainLogits(ckpt.model).eval()
     import torch
 

@@ -28,6 +28,16 @@ def test_every_command_has_help(capsys):
         assert main([name, "--help"]) == 0
         out = capsys.readouterr().out
         assert f"medclass {name}" in out
+        assert "(default: None)" not in out, name
+
+
+def test_help_shows_real_defaults_only(capsys):
+    for argv in (["manifest", "build", "--help"], ["manifest", "check", "--help"], ["score", "--help"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "(default: None)" not in out, argv
+    assert main(["score", "--help"]) == 0
+    assert "(default: fp32)" in capsys.readouterr().out  # a real default is still shown
 
 
 def test_help_is_fast_and_imports_no_torch():

@@ -63,7 +63,9 @@ def _imported(name: str, tree: ast.Module, modules: dict[str, Path]) -> set[str]
     own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}
     for target in targets:  # run on the way: the packages above a named module, unless already running
         parts = target.split(".")
-        ran.update(p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in modules and p not in own)
+        ran.update(
+            p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in modules and p not in own
+        )
     return ran
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -20,11 +21,11 @@ from medclass.model import (
     create_model,
     forward_train,
     frozen_batchnorms,
-    predict_proba,
     probabilities,
     read_state_dict,
     to_device,
 )
+from medclass.model.predictor import TorchPredictor
 
 SIZES = [75, 128, 160, pytest.param(224, marks=pytest.mark.slow), pytest.param(299, marks=pytest.mark.slow)]
 
@@ -122,7 +123,7 @@ def test_main_logits_and_forward_train_without_aux() -> None:
     assert MainLogits(nn.DataParallel(model)).model is model, "eval bypasses (D)DP wrappers"
 
 
-def test_probabilities_and_predict_proba() -> None:
+def test_probabilities_and_the_predictor() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
     soft = probabilities(logits, "multiclass")
     torch.testing.assert_close(soft.sum(1), torch.ones(2))
@@ -134,8 +135,8 @@ def test_probabilities_and_predict_proba() -> None:
         probabilities(logits, "regression")
     model = create_model(2)
     assert model.training
-    p = predict_proba(model, torch.randn(1, 3, 75, 75), "multiclass")
-    assert model.training, "predict_proba restores the training flag"
+    p = TorchPredictor(model, "multiclass")(torch.randn(1, 3, 75, 75))
+    assert model.training, "the predictor restores the training flag"
     assert p.shape == (1, 2) and p.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
@@ -370,5 +371,5 @@ def test_cuda_bf16_channels_last_training_step() -> None:
     opt.step()
     new = _bn_stats(model)
     assert all(torch.equal(new[k], stats[k]) for k in stats if k.startswith(("Mixed_5", "Mixed_6", "Conv2d")))
-    p = predict_proba(model, x, "multiclass")
-    assert p.device.type == "cpu" and p.shape == (4, 2) and model.training
+    p = TorchPredictor(model, "multiclass", device="cuda")(x)
+    assert isinstance(p, np.ndarray) and p.shape == (4, 2) and model.training  # probabilities on the CPU

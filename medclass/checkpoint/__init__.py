@@ -39,7 +39,8 @@ from torch import nn
 from medclass.checkpoint.state import TrainingState, load_training_state, save_training_state
 from medclass.errors import CheckpointError
 from medclass.model import model_from_state_dict, unwrap
-from medclass.preprocess.spec import ARCHITECTURE
+from medclass.names import ARCHITECTURE
+from medclass.preprocess.spec import input_spec
 from medclass.weights import (
     FORMAT_VERSION,
     IMAGE_SIZE_RANGE,
@@ -99,7 +100,7 @@ def _image_size(model: nn.Module, meta: dict[str, Any]) -> int:
     if size:
         return int(size)
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return int(cfg.get("input_size", (3, 299, 299))[-1])
+    return int(cfg["input_size"][-1]) if "input_size" in cfg else input_spec(ARCHITECTURE).size
 
 
 def save(stem: Path | str, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -168,7 +169,7 @@ def load(path: Path | str) -> Checkpoint:
     classes = meta.get("classes")
     if classes is not None and len(classes) != num_classes:
         raise CheckpointError(f"sidecar lists {len(classes)} classes for {num_classes} outputs", st_path)
-    model = model_from_state_dict(state, image_size=int(meta.get("image_size", 299)), source=st_path)
+    model = model_from_state_dict(state, image_size=int(meta["image_size"]), source=st_path)
     model.eval()
     return Checkpoint(model=model, meta=meta, path=stem)
 

@@ -109,7 +109,7 @@ def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
     meta = read_meta(args.checkpoint)
     facts |= {
         "checkpoint": str(args.checkpoint),
-        "architecture": meta.get("architecture", "inception_v3"),
+        "architecture": meta["architecture"],  # read_meta refuses any other
         "input": meta.get("input", ""),
         "window / fit": f"{meta.get('window', '')} / {meta.get('fit', '')}",
         "training seed": meta.get("seed", ""),

@@ -94,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
     from medclass import checkpoint, ingest
     from medclass.cli import ExitCode
-    from medclass.errors import ConfigError
+    from medclass.errors import ConfigError, look_up
     from medclass.explain import CAM_METHODS, FAITHFULNESS_METRICS, TARGET_LAYERS, Explainer
-    from medclass.explain.cam import look_up
     from medclass.explain.regions import DEFAULT_MAX_REGIONS, DEFAULT_THRESHOLD
     from medclass.explain.runner import ExplainRun, Settings
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from medclass.cli import ExitCode
 from medclass.errors import MedclassError
+from medclass.names import ARCHITECTURE
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="middle",
         help="which frames/slices of multi-frame files and volumes: middle, all, index:N, max-foreground",
     )
-    parser.add_argument("--model", default="inception_v3", help="timm model whose input spec to use")
+    parser.add_argument("--model", default=ARCHITECTURE, help="timm model whose input spec to use")
     parser.add_argument("--size", type=int, default=None, help="input size (default: the model's, 299)")
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medclass.cli import ExitCode
+from medclass.names import BACKEND_NAMES, DEVICE_NAMES, PRECISION_NAMES
 
 HELP = "score many images with a checkpoint (one row per slice/frame; resumable)"
 DESCRIPTION = """\
@@ -72,10 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode processes (0: decode in the main process; default: one per core, at most 8)",
     )
     run.add_argument("--threads", type=int, help="model threads (default: the cores)")
-    run.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    run.add_argument("--backend", choices=BACKEND_NAMES, default="torch")
     run.add_argument("--onnx", type=Path, help="ONNX model from 'medclass export' (--backend onnxruntime)")
-    run.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="bf16: autocast")
+    run.add_argument("--device", choices=DEVICE_NAMES, default="auto")
     run.add_argument(
         "--fast-decode",
         action="store_true",

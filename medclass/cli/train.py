@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from medclass.cli import ExitCode
+from medclass.names import DEVICE_NAMES, PRECISION_NAMES, TRANSFER_MODE_NAMES
 
 HELP = "fine-tune Inception V3 (main + auxiliary head) on a manifest"
 
@@ -84,7 +85,7 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         {"type": int, "help": "input side in px (default: the model's, 299); ≥ 75"},
     ),
     ("--lr", "lr", {"type": float, "help": "peak learning rate of the heads"}),
-    ("--mode", "mode", {"choices": ["linear", "partial", "full"]}),
+    ("--mode", "mode", {"choices": TRANSFER_MODE_NAMES}),
     ("--partial-blocks", "partial_blocks", {"type": int, "help": "partial mode: how many last blocks train"}),
     (
         "--aux-weight",
@@ -122,8 +123,8 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("--patience", "patience", {"type": int, "help": "early stopping: epochs without val AUC gain; 0 = off"}),
     ("--seed", "seed", {"type": int}),
-    ("--device", "device", {"choices": ["auto", "cpu", "cuda"], "help": "auto: CUDA when present"}),
-    ("--precision", "precision", {"choices": ["bf16", "fp32"], "help": "bf16 autocast or plain fp32"}),
+    ("--device", "device", {"choices": DEVICE_NAMES, "help": "auto: CUDA when present"}),
+    ("--precision", "precision", {"choices": PRECISION_NAMES, "help": "bf16 autocast or plain fp32"}),
     (
         "--channels-last",
         "channels_last",

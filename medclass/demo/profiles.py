@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from medclass.errors import ConfigError
+from medclass.errors import look_up
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Profile:
     description: str
     n_patients: int
     images_per_patient: tuple[int, int]
-    image_size: int
+    image_size: int | None  # None: the model's own input size (resolved by get_profile)
     epochs: int
     batch_size: int
     lr: float
@@ -62,7 +62,7 @@ PROFILES: dict[str, Profile] = {
         description="the model's native 299 px input, more patients and epochs (expect well over half an hour on 2 CPU cores)",
         n_patients=400,
         images_per_patient=(1, 3),
-        image_size=299,
+        image_size=None,
         epochs=20,
         batch_size=32,
         lr=1e-3,
@@ -75,7 +75,9 @@ PROFILES: dict[str, Profile] = {
 
 def get_profile(name: str) -> Profile:
     """The profile called ``name``; an unknown name raises :class:`ConfigError` listing the valid ones."""
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ConfigError(f"unknown demo profile {name!r}; valid: {', '.join(PROFILES)}") from None
+    profile: Profile = look_up(PROFILES, name, "demo profile")
+    if profile.image_size is None:
+        from medclass.preprocess.spec import input_spec
+
+        profile = replace(profile, image_size=input_spec().size)
+    return profile

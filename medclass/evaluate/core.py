@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
-from medclass.errors import ConfigError, DataError
+from medclass.errors import ConfigError, DataError, look_up
 from medclass.evaluate.table import PredictionTable, prediction_table
 from medclass.metrics import (
     AGGREGATORS,
@@ -68,10 +68,8 @@ class EvaluationConfig:
 
     def validate(self) -> ThresholdRule:
         """The parsed threshold rule. Raises ConfigError on any invalid setting."""
-        if self.level not in LEVELS:
-            raise ConfigError(f"unknown level {self.level!r}; valid: {', '.join(LEVELS)}")
-        if self.aggregate not in AGGREGATORS:
-            raise ConfigError(f"unknown aggregation {self.aggregate!r}; valid: {', '.join(AGGREGATORS)}")
+        look_up(LEVELS, self.level, "level")
+        look_up(AGGREGATORS, self.aggregate, "aggregation")
         if self.n_bootstrap < 0:
             raise ConfigError(f"bootstrap count must be >= 0 (got {self.n_bootstrap})")
         if not 0 < self.alpha < 1:

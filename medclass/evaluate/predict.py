@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.errors import DataError
+from medclass.names import FINDING_PREFIX, PROB_PREFIX
 from medclass.phi import pseudonym
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def image_id(row: Any) -> str:
 
 def _truth(row: Any, manifest: Any) -> dict[str, Any]:
     if manifest.task == "multilabel":
-        return {f"finding:{f}": int(row.findings[f]) for f in manifest.findings}
+        return {f"{FINDING_PREFIX}{f}": int(row.findings[f]) for f in manifest.findings}
     return {"label": row.label}
 
 
@@ -56,12 +57,12 @@ def predict_manifest(
     line, for a path that leaves the data root: the whole manifest is refused), and DataError when the
     manifest's classes or task differ from the checkpoint's or a split has no decodable rows.
     """
-    import torch
+    import numpy as np
     from torch.utils.data import DataLoader
 
     from medclass import checkpoint as checkpoints
     from medclass.manifest import load_manifest
-    from medclass.model import predict_proba
+    from medclass.model.predictor import TorchPredictor
     from medclass.preprocess import Preprocessor
     from medclass.preprocess.dataset import CachedDataset
 
@@ -82,9 +83,7 @@ def predict_manifest(
             getattr(manifest, "path", None),
         )
     preprocessor = Preprocessor.from_meta(meta)
-    model = ckpt.model.to(device)
-    if device == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+    predictor = TorchPredictor(ckpt.model, task, device=device)  # the one predictor (score, explain too)
     out: list[dict[str, Any]] = []
     for split in splits:
         ds = CachedDataset(
@@ -99,13 +98,8 @@ def predict_manifest(
             )
         by_id = {image_id(r): r for r in ds.rows}
         ids = ds.image_ids()
-        probs = []
-        for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False):  # x: B×3×S×S
-            x = x.to(device)
-            if device == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            probs.append(predict_proba(model, x, task))  # B×C
-        scores: Any = torch.cat(probs).numpy() if probs else []
+        probs = [predictor(x) for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]  # B×C each
+        scores: Any = np.concatenate(probs) if probs else []
         for iid, p in zip(ids, scores, strict=True):
             row = by_id[iid]
             rec: dict[str, Any] = {
@@ -115,7 +109,7 @@ def predict_manifest(
                 "split": row.split,
             }
             rec |= _truth(row, manifest)
-            rec |= {f"prob:{c}": float(v) for c, v in zip(classes, p, strict=True)}
+            rec |= {f"{PROB_PREFIX}{c}": float(v) for c, v in zip(classes, p, strict=True)}
             rec |= {k: v for k, v in row.extra.items() if k not in rec}
             out.append(rec)
         log.info("%s split: predicted %d images", split, len(ids))

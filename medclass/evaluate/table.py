@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from medclass.errors import DataError, UnreadableFileError
+from medclass.errors import DataError, UnreadableFileError, look_up
 from medclass.fileio import write_csv
+from medclass.names import FINDING_PREFIX, PROB_PREFIX, TASKS
 
-PROB = "prob:"
-FINDING = "finding:"
-TASKS = ("multiclass", "multilabel")
+PROB, FINDING = PROB_PREFIX, FINDING_PREFIX
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,7 @@ def prediction_table(
         inferred, inferred_task = infer_classes(list(rows[0].keys()))
         classes = classes or inferred
         task = task or inferred_task
-    if task not in TASKS:
-        raise DataError(f"{what}: unknown task {task!r}; valid: {', '.join(TASKS)}")
+    look_up(TASKS, task, "task", error=DataError, path=what)
     classes = tuple(classes)
     missing = [f"{PROB}{c}" for c in classes if f"{PROB}{c}" not in rows[0]]
     if missing:

@@ -1,8 +1,11 @@
 """Saliency maps for Inception V3 with the grad-cam package, batched and fast, leaving the model untouched.
 
 :class:`Explainer` looks up a CAM method (:data:`CAM_METHODS`, pytorch-grad-cam classes) and a target layer
-(:data:`TARGET_LAYERS`) by name, wraps the model with :class:`medclass.model.MainLogits` (the aux head's
-tuple output never reaches grad-cam) and explains batches of preprocessed inputs.
+(:data:`TARGET_LAYERS`) by name and explains batches of preprocessed inputs through the one predictor of
+medclass (:class:`medclass.model.predictor.TorchPredictor`): its module (the model behind
+:class:`medclass.model.MainLogits`, so the aux head's tuple output never reaches grad-cam), its input
+preparation and its logits → probabilities step. Grad-CAM needs gradients, so grad-cam runs that module's
+forward itself; the probabilities come from that same forward pass.
 
 Speed: plain grad-cam back-propagates into every weight of the network (~3× a forward pass). Only the
 gradient of the class score with respect to the target layer's activation is needed, so for the gradient
@@ -41,8 +44,9 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from medclass.errors import ConfigError, DataError
-from medclass.model import MainLogits, probabilities
+from medclass.errors import ConfigError, DataError, look_up
+from medclass.model import MainLogits
+from medclass.model.predictor import TorchPredictor
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +91,6 @@ LAYER_STRIDE: dict[str, int] = {
 }
 LAYER_STRIDE.update({n: 16 for n in _INCEPTION_BLOCKS if n.startswith("Mixed_6") and n != "Mixed_6a"})
 LAYER_STRIDE.update({"Mixed_6a": 16, "Mixed_7a": 32, "Mixed_7b": 32, "Mixed_7c": 32})
-
-
-def look_up(table: dict, name: str, what: str):
-    """``table[name]``; an unknown name raises :class:`ConfigError` listing the valid ones."""
-    try:
-        return table[name]
-    except KeyError:
-        raise ConfigError(f"unknown {what} {name!r}; valid: {', '.join(table)}") from None
 
 
 def bare_model(model: nn.Module) -> nn.Module:
@@ -159,12 +155,14 @@ class Explainer:
     raise :class:`ConfigError` listing the valid ones. ``batch_size`` images go through grad-cam at once.
     ``fast`` (default) differentiates only from the logits down to the target layer; ``fast=False`` runs
     grad-cam exactly as shipped (for comparison). ``task`` ("multiclass"/"multilabel") sets how logits
-    become probabilities. The model (aux head on or off, any training mode) is never modified.
+    become probabilities. ``model`` is a model (run where its parameters are, layout untouched) or a
+    :class:`~medclass.model.predictor.TorchPredictor` (its device and layout; its task wins). The model
+    (aux head on or off, any training mode) is never modified.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | TorchPredictor,
         *,
         method: str = "gradcam",
         layer: str = "Mixed_7c",
@@ -176,13 +174,18 @@ class Explainer:
         self.layer_fn = look_up(TARGET_LAYERS, layer, "target layer")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
-        self.model = model
+        if isinstance(model, TorchPredictor):
+            self.predictor = model
+        else:
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            self.predictor = TorchPredictor(model, task, device=str(device), channels_last=False)
+        self.model = self.predictor.module.model
         self.method = method
         self.layer = layer
         self.batch_size = batch_size
-        self.task = task
+        self.task = self.predictor.task
         self.fast = fast
-        self.target_layer = self.layer_fn(bare_model(model))
+        self.target_layer = self.layer_fn(bare_model(self.model))
 
     def explain(self, inputs: torch.Tensor | np.ndarray, targets: Sequence[int] | None = None) -> Saliency:
         """Maps for ``inputs`` (N×3×S×S, preprocessed) explaining ``targets`` (class index per image;
@@ -212,8 +215,9 @@ class Explainer:
     def _explain_chunk(
         self, x: torch.Tensor, targets: list[int] | None
     ) -> tuple[np.ndarray, list[int], np.ndarray]:
-        wrapped = MainLogits(self.model)
+        wrapped = self.predictor.module  # MainLogits(model)
         wrapped.eval()
+        x = self.predictor.prepare(x)
         handles = []
         if self.fast:
             for p in self.model.parameters():
@@ -231,7 +235,7 @@ class Explainer:
             maps = cam(input_tensor=x, targets=cam_targets)  # N×S×S
             logits = cam.outputs.detach().float()  # N×C, from the same forward pass
             used = [int(t) for t in targets] if targets is not None else logits.argmax(1).tolist()
-            probs = probabilities(logits, self.task).numpy()
+            probs = self.predictor.probabilities(logits)
         finally:
             cam.activations_and_grads.release()
             for h in handles:

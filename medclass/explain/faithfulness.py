@@ -24,7 +24,8 @@ from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.metrics.road import ROADCombined, ROADLeastRelevantFirst, ROADMostRelevantFirst
 from torch import nn
 
-from medclass.explain.cam import Explainer, _restored, bare_model, look_up
+from medclass.errors import look_up
+from medclass.explain.cam import Explainer, _restored, bare_model
 from medclass.model import MainLogits
 
 log = logging.getLogger(__name__)

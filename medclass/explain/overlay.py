@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medclass.errors import ConfigError, DataError
-from medclass.explain.cam import look_up
+from medclass.errors import ConfigError, DataError, look_up
 
 # name -> matplotlib colour map. "jet" is what radiologists have seen for years; the others are
 # perceptually uniform (equal steps of saliency look like equal steps of colour).

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medclass.names import PROB_PREFIX
+
 log = logging.getLogger(__name__)
 
 
@@ -215,7 +217,7 @@ class ExplainRun:
             "study_id": study_id,
             "patient": pseudonym(meta.patient_id) or "",
             "explained_class": self.classes[target],
-            **{f"prob:{c}": round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)},
+            **{f"{PROB_PREFIX}{c}": round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)},
             "faithfulness_metric": self.s.faithfulness or "",
             "faithfulness": None if faith is None else round(float(faith), 6),
             "overlay_png": overlay_path.name,

@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from medclass.errors import ConfigError
+from medclass.errors import look_up
 from medclass.ingest.base import DEFAULT_MAX_BYTES, Frames, Reader, max_image_bytes
 from medclass.ingest.dicom import DicomReader
 from medclass.ingest.discover import discover
@@ -75,10 +75,7 @@ __all__ = [
 
 def get_reader(name: str) -> Reader:
     """The reader registered as ``name``; :class:`ConfigError` listing the valid names otherwise."""
-    try:
-        return READERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown reader {name!r}; valid: {', '.join(READERS)}") from None
+    return look_up(READERS, name, "reader")
 
 
 def frames(item: PathLike | Source, *, max_bytes: int | None = None, min_size: int | None = None) -> Frames:

@@ -18,7 +18,13 @@ import zlib
 
 import numpy as np
 
-from medclass.errors import CorruptFileError, ImageTooLargeError, InvalidPixelDataError, MedclassError
+from medclass.errors import (
+    CorruptFileError,
+    ImageTooLargeError,
+    InvalidPixelDataError,
+    MedclassError,
+    short_message,
+)
 from medclass.ingest.base import Frames, ListFrames, Reader, check_readable, check_size
 from medclass.ingest.types import Image, ImageMeta
 
@@ -48,7 +54,7 @@ def _open(path: str):
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image dimensions too large ({exc})", path) from None
     except Exception as exc:  # UnidentifiedImageError, OSError
-        raise CorruptFileError(f"cannot open image ({' '.join(str(exc).split())[:160]})", path) from exc
+        raise CorruptFileError(f"cannot open image ({short_message(exc, 160)})", path) from exc
 
 
 # PNG colour type → samples per pixel; Adam7 passes as (x0, y0, dx, dy)
@@ -172,7 +178,7 @@ class PilReader(Reader):
                 raise
             except Exception as exc:  # truncated data shows up here, at load time
                 raise CorruptFileError(
-                    f"image data cannot be decoded ({' '.join(str(exc).split())[:160]})", path
+                    f"image data cannot be decoded ({short_message(exc, 160)})", path
                 ) from exc
         bits = _BITS.get(mode, 16)
         if arr.ndim == 3:

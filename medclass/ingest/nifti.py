@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medclass.errors import CorruptFileError, InvalidPixelDataError, MedclassError
+from medclass.errors import CorruptFileError, InvalidPixelDataError, MedclassError, short_message
 from medclass.ingest.base import Frames, Reader, check_readable, check_size
 from medclass.ingest.types import Image, ImageMeta
 
@@ -41,9 +41,7 @@ def _load(path: str, limit: int | None) -> Any:
     except MedclassError:
         raise
     except Exception as exc:  # ImageFileError, gzip/zlib errors, EOFError on truncated files
-        raise CorruptFileError(
-            f"NIfTI cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})", path
-        ) from exc
+        raise CorruptFileError(f"NIfTI cannot be read ({short_message(exc, 160, typed=True)})", path) from exc
     if len(shape) > 3 and any(d != 1 for d in shape[3:]):
         raise InvalidPixelDataError(
             f"{len(shape)}D volume {'x'.join(map(str, shape))}: only 2D/3D images are supported "
@@ -76,7 +74,7 @@ def _canonical(path: str, limit: int | None) -> tuple[Any, np.ndarray, tuple[int
         raise
     except Exception as exc:
         raise CorruptFileError(
-            f"NIfTI voxel data unusable ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})", path
+            f"NIfTI voxel data unusable ({short_message(exc, 160, typed=True)})", path
         ) from exc
     if not np.isfinite(data).any():
         raise InvalidPixelDataError("every voxel is NaN or infinite", path)

@@ -15,7 +15,13 @@ import zipfile
 
 import numpy as np
 
-from medclass.errors import CorruptFileError, InvalidPixelDataError, MedclassError, NoImageError
+from medclass.errors import (
+    CorruptFileError,
+    InvalidPixelDataError,
+    MedclassError,
+    NoImageError,
+    short_message,
+)
 from medclass.ingest.base import Frames, ListFrames, Reader, check_readable, check_size
 from medclass.ingest.types import Image, ImageMeta
 
@@ -51,9 +57,7 @@ def _load(path: str, limit: int | None) -> tuple[np.ndarray, tuple[str, ...]]:
     except MedclassError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise CorruptFileError(
-            f"npz cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})", path
-        ) from exc
+        raise CorruptFileError(f"npz cannot be read ({short_message(exc, 160, typed=True)})", path) from exc
     shapes = {a.shape[1:] for a in parts}
     if len(shapes) != 1:
         raise InvalidPixelDataError(f"image arrays of different shapes {sorted(shapes)}", path)

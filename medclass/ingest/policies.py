@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from medclass.errors import ConfigError, MedclassError
+from medclass.errors import ConfigError, MedclassError, look_up
 from medclass.ingest.base import Frames
 
 
@@ -128,8 +128,4 @@ def get_slice_policy(policy: str | SlicePolicy) -> SlicePolicy:
             return IndexSlice(int(name.split(":", 1)[1]))
         except ValueError:
             raise ConfigError(f"slice policy {name!r}: N in index:N must be an integer") from None
-    try:
-        return SLICE_POLICIES[name]()
-    except KeyError:
-        valid = ", ".join([*SLICE_POLICIES, "index:N"])
-        raise ConfigError(f"unknown slice policy {name!r}; valid: {valid}") from None
+    return look_up(SLICE_POLICIES, name, "slice policy", also=["index:N"])()

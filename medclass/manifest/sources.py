@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medclass.errors import ManifestError, UnsafePathError
+from medclass.errors import ManifestError, UnsafePathError, look_up
 from medclass.manifest.table import FINDING_PREFIX, SPLITS
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,7 @@ def patient_rule(spec: str) -> Callable[[Path], str]:
     """
     if spec.startswith("regex:"):
         return _regex_rule(spec[len("regex:") :])
-    if spec not in PATIENT_RULES:
-        raise ManifestError(
-            f"unknown patient rule {spec!r}; valid: {', '.join(PATIENT_RULES)}, regex:PATTERN"
-        )
-    return PATIENT_RULES[spec]
+    return look_up(PATIENT_RULES, spec, "patient rule", error=ManifestError, also=["regex:PATTERN"])
 
 
 def _is_image_file(path: Path) -> bool:

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
-from medclass.errors import ManifestError, UnsafePathError
+from medclass.errors import ManifestError, UnsafePathError, look_up
 from medclass.fileio import restore_cell, write_csv
+from medclass.names import FINDING_PREFIX
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-FINDING_PREFIX = "finding:"
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "patient_id", "split")
 KNOWN_COLUMNS: tuple[str, ...] = ("path", "frame", "image_id", "patient_id", "study_id", "split", "label")
 DATA_ROOT_ENV = "MEDCLASS_DATA_ROOT"
@@ -92,8 +92,7 @@ class Manifest:
 
     def split(self, name: str) -> list[ManifestRow]:
         """The rows of split ``name``; raises :class:`ManifestError` for a name other than train/val/test."""
-        if name not in SPLITS:
-            raise ManifestError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}", self.path)
+        look_up(SPLITS, name, "split", error=ManifestError, path=self.path)
         return [r for r in self.rows if r.split == name]
 
     def target(self, row: ManifestRow) -> int | list[int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medclass.errors import ConfigError, DataError
+from medclass.errors import DataError, look_up
 
 
 def _mean(values: np.ndarray, inverse: np.ndarray, n_groups: int) -> np.ndarray:
@@ -46,8 +46,7 @@ def aggregate(group_ids: Sequence[str], y_true: object, y_score: object, method:
 
     Raises ConfigError for an unknown method and DataError when ids are missing or lengths differ.
     """
-    if method not in AGGREGATORS:
-        raise ConfigError(f"unknown aggregation {method!r}; valid: {', '.join(AGGREGATORS)}")
+    look_up(AGGREGATORS, method, "aggregation")
     ids = np.asarray([str(g) for g in group_ids])
     y = np.asarray(y_true)
     s = np.asarray(y_score, dtype=float)

@@ -6,7 +6,8 @@ What lives here:
   (a timm/torchvision state dict, or an earlier medclass checkpoint for task-to-task transfer).
 - :class:`MainLogits` wraps a model so that it returns only the main logits (evaluation, scoring, export,
   Grad-CAM); :func:`forward_train` returns ``(main, aux | None)`` for training.
-- :data:`TASK_ACTIVATIONS` / :func:`probabilities` turn logits into scores.
+- :data:`TASK_ACTIVATIONS` / :func:`probabilities` turn logits into scores; inference for evaluate, score
+  and explain goes through :mod:`medclass.model.predictor` (one :class:`~medclass.model.predictor.Predictor`).
 - :data:`TRANSFER_MODES` / :func:`apply_mode` freeze what a transfer-learning mode says and return the
   optimizer's parameter groups; frozen BatchNorms stay in eval mode (:func:`set_train_mode`).
 - :func:`to_device` and :func:`autocast_context` for channels_last and bf16/fp16 autocast.
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from timm.models.inception_v3 import InceptionAux, InceptionV3
 from torch import nn
 
-from medclass.errors import CheckpointError, ConfigError
+from medclass.errors import CheckpointError, ConfigError, look_up
 from medclass.model.transfer import (
     HEAD_PREFIXES,
     TRANSFER_MODES,
@@ -40,7 +41,8 @@ from medclass.model.transfer import (
     frozen_batchnorms,
     set_train_mode,
 )
-from medclass.preprocess.spec import ARCHITECTURE
+from medclass.names import ARCHITECTURE
+from medclass.preprocess.spec import input_spec
 from medclass.weights import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,6 @@ __all__ = [
     "forward_train",
     "frozen_batchnorms",
     "model_from_state_dict",
-    "predict_proba",
     "probabilities",
     "read_state_dict",
     "set_train_mode",
@@ -122,12 +123,14 @@ def create_model(
     num_classes: int,
     *,
     aux_logits: bool = True,
-    image_size: int = 299,
+    image_size: int | None = None,
     weights: Path | str | None = None,
     drop_rate: float = 0.0,
     reset_heads: bool = True,
 ) -> nn.Module:
     """Build timm's Inception V3 (random init, never downloads) with the aux head adapted to any size ≥ 75.
+
+    ``image_size`` None is the model's own input size (:func:`medclass.preprocess.spec.input_spec`).
 
     ``weights`` (optional) is a local timm or torchvision Inception V3 state dict (``.pth``/``.bin``/``.pt``
     read with ``torch.load(weights_only=True)``; ``.safetensors``) or an earlier medclass checkpoint
@@ -142,6 +145,7 @@ def create_model(
     """
     if num_classes < 1:
         raise ConfigError(f"num_classes must be ≥ 1, got {num_classes}")
+    image_size = input_spec(ARCHITECTURE, image_size).size
     if image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"image size {image_size} is too small for Inception V3 (minimum {MIN_IMAGE_SIZE})")
     model: Any
@@ -172,7 +176,11 @@ def _mismatch_message(model: nn.Module, sd: dict[str, torch.Tensor], limit: int 
 
 
 def model_from_state_dict(
-    sd: dict[str, torch.Tensor], *, image_size: int = 299, drop_rate: float = 0.0, source: Path | None = None
+    sd: dict[str, torch.Tensor],
+    *,
+    image_size: int | None = None,
+    drop_rate: float = 0.0,
+    source: Path | None = None,
 ) -> nn.Module:
     """A model shaped like ``sd`` (class count from ``fc.weight``, aux head iff ``AuxLogits.*`` keys) holding it.
 
@@ -190,7 +198,7 @@ def model_from_state_dict(
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     assert not any(t.is_meta for t in (*model.parameters(), *model.buffers())), "tensor left on meta device"
-    _set_image_size(model, image_size)
+    _set_image_size(model, input_spec(ARCHITECTURE, image_size).size)
     return model.train()
 
 
@@ -273,6 +281,7 @@ def forward_train(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return out, None
 
 
+# keyed by medclass.names.TASKS (tests/test_layering.py checks)
 TASK_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "multiclass": lambda logits: torch.softmax(logits, dim=1),
     "multilabel": torch.sigmoid,
@@ -284,25 +293,7 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
 
     Returns a float32 N×C tensor. Raises :class:`ConfigError` for an unknown task.
     """
-    try:
-        activation = TASK_ACTIVATIONS[task]
-    except KeyError:
-        raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASK_ACTIVATIONS)}") from None
-    return activation(logits.float())
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
-    """Class scores (N×C float32, CPU) of the main head for a batch, in eval mode.
-
-    The model's training flag is restored afterwards. Raises :class:`ConfigError` for an unknown task.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        return probabilities(MainLogits(model)(x), task).cpu()
-    finally:
-        model.train(was_training)
+    return look_up(TASK_ACTIVATIONS, task, "task")(logits.float())
 
 
 # --- device, layout and precision -------------------------------------------------------------------
@@ -324,13 +315,12 @@ def autocast_context(
 
     Raises :class:`ConfigError` for an unknown precision or fp16 on the CPU.
     """
-    if isinstance(dtype, str):
-        if dtype not in PRECISIONS:
-            raise ConfigError(f"unknown precision {dtype!r}; valid: {', '.join(PRECISIONS)}")
-        dtype = PRECISIONS[dtype]
-    if dtype is None or dtype == torch.float32:
+    resolved: torch.dtype | None = (
+        look_up(PRECISIONS, dtype, "precision") if isinstance(dtype, str) else dtype
+    )
+    if resolved is None or resolved == torch.float32:
         return contextlib.nullcontext()
     device_type = torch.device(device).type
-    if device_type == "cpu" and dtype == torch.float16:
+    if device_type == "cpu" and resolved == torch.float16:
         raise ConfigError("fp16 autocast needs a CUDA device; use bf16 on the CPU")
-    return torch.autocast(device_type=device_type, dtype=dtype)
+    return torch.autocast(device_type=device_type, dtype=resolved)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from medclass.errors import ConfigError
+from medclass.errors import ConfigError, look_up
 
 log = logging.getLogger("medclass.model")
 
@@ -82,10 +82,7 @@ def apply_mode(
     heads at ``lr_scale`` 1.0 and, when any backbone layer trains, the backbone at ``backbone_lr_scale``
     (multiply the base LR by it). Raises :class:`ConfigError` for an unknown mode or a bad block count.
     """
-    try:
-        fn = TRANSFER_MODES[mode]
-    except KeyError:
-        raise ConfigError(f"unknown transfer mode {mode!r}; valid: {', '.join(TRANSFER_MODES)}") from None
+    fn = look_up(TRANSFER_MODES, mode, "transfer mode")
     groups = fn(model, partial_blocks, backbone_lr_scale)
     model.train = types.MethodType(set_train_mode, model)  # type: ignore[method-assign]
     model.train(True)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medclass.errors import ConfigError, DataError, UnsafePathError
+from medclass.errors import ConfigError, DataError, UnsafePathError, look_up, short_message
 from medclass.fileio import atomic_write
 from medclass.preprocess.rows import (
     DecodeFailure,
@@ -37,7 +37,6 @@ from medclass.preprocess.rows import (
     decode_row,
     default_workers,
     init_worker,
-    one_line,
     preprocess_fingerprint,
 )
 
@@ -77,10 +76,8 @@ class CachedDataset(Dataset):
         workers: int | None = None,
         progress: bool = False,
     ) -> None:
-        if cache not in CACHE_MODES:
-            raise ConfigError(f"cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
-        if dtype not in _TORCH_DTYPES:
-            raise ConfigError(f"cache dtype must be one of {', '.join(_TORCH_DTYPES)}; got {dtype!r}")
+        look_up(CACHE_MODES, cache, "cache")
+        look_up(_TORCH_DTYPES, dtype, "cache dtype")
         if cache == "disk" and cache_dir is None:
             raise ConfigError("cache='disk' needs a cache_dir")
         self.manifest = manifest
@@ -173,7 +170,7 @@ class CachedDataset(Dataset):
                 raise  # a bad manifest, not a bad file: refuse it rather than train on without the row
             except Exception as exc:  # e.g. a symlink loop: skip this row like an unreadable file
                 paths.append(None)
-                self._fail(row.path, row.frame, one_line(exc))
+                self._fail(row.path, row.frame, short_message(exc, None, typed=True))
         return paths
 
     def _fill(self, paths: list[Path | None]) -> None:
@@ -259,7 +256,7 @@ class CachedDataset(Dataset):
                     try:
                         yield pos, True, decode_row(path, self.rows[pos].frame, _init_here)
                     except Exception as exc:
-                        yield pos, False, one_line(exc)
+                        yield pos, False, short_message(exc, None, typed=True)
                     bar.update(1)
                 return
             ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")

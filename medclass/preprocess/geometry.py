@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medclass.errors import ConfigError
+from medclass.errors import ConfigError, look_up
 
 
 @dataclass(frozen=True)
@@ -139,10 +139,7 @@ def fit_policy(name: str | FitPolicy) -> FitPolicy:
     """
     if callable(name):
         return name
-    key = str(name).strip().lower()
-    if key not in FITS:
-        raise ConfigError(f"unknown fit {name!r}; valid: {', '.join(FITS)}")
-    return FITS[key]
+    return look_up(FITS, str(name).strip().lower(), "fit")
 
 
 _TORCH_MODES = {"bicubic": "bicubic", "bilinear": "bilinear", "linear": "bilinear", "nearest": "nearest"}
@@ -156,8 +153,7 @@ class FitTransform:
     """
 
     def __init__(self, size: int, fit: str | FitPolicy = "letterbox", interpolation: str = "bicubic") -> None:
-        if interpolation not in _TORCH_MODES:
-            raise ConfigError(f"unknown interpolation {interpolation!r}; valid: {', '.join(_TORCH_MODES)}")
+        look_up(_TORCH_MODES, interpolation, "interpolation")
         self.size = int(size)
         self.fit = fit_policy(fit)
         self.mode = _TORCH_MODES[interpolation]

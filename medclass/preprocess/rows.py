@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclass.errors import DataError
+from medclass.errors import DataError, short_message
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,4 @@ def decode_in_worker(path: str, frame: int | None) -> tuple[bool, Any]:
     try:
         return True, decode_row(path, frame, _WORKER_PREPROCESSOR)
     except Exception as exc:  # reported as a skipped row, never crashes the run
-        return False, one_line(exc)
-
-
-def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (or just ``Type``): how a skipped row's error is recorded."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return False, short_message(exc, None, typed=True)

@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from medclass.errors import ConfigError
+from medclass.names import ARCHITECTURE
 
 log = logging.getLogger(__name__)
-
-ARCHITECTURE = (
-    "inception_v3"  # the timm model medclass builds, reads input specs for and records in checkpoints
-)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from medclass.errors import ConfigError
+from medclass.errors import ConfigError, look_up
 from medclass.ingest.types import Image, VoiLut, Window
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,7 @@ class WindowTransform:
 
     def __init__(self, window: Window) -> None:
         function = (window.function or "LINEAR").upper()
-        if function not in WINDOW_FUNCTIONS:
-            raise ConfigError(
-                f"unknown VOI LUT Function {window.function!r}; valid: {', '.join(WINDOW_FUNCTIONS)}"
-            )
+        look_up(WINDOW_FUNCTIONS, function, "VOI LUT Function")
         self.window = window
         self._function = WINDOW_FUNCTIONS[function]
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from medclass.preprocess.spec import input_spec
+
 NOT_FOR_DIAGNOSIS = (
     "NOT FOR DIAGNOSTIC USE. Research software: these maps show which image regions changed the model's "
     "output, not where disease is. Do not base clinical decisions on this report."
@@ -62,7 +64,7 @@ class ModelCard:
         "to. Not a medical device; not validated for clinical decisions."
     )
     task: str = "multiclass"
-    input_size: int = 299
+    input_size: int = field(default_factory=lambda: input_spec().size)  # the model's own
     software: str = ""
     randomisation_check: float | None = None  # mean Spearman ρ trained vs randomised top layers
 

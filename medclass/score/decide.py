@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from medclass.errors import CheckpointError, ConfigError
+from medclass.errors import CheckpointError, look_up
+from medclass.names import TASKS
 
 DEFAULT_MULTILABEL_THRESHOLD = 0.5
 LABEL_SEPARATOR = ";"
@@ -56,8 +57,7 @@ class DecisionRule:
         """
         classes = tuple(str(c) for c in meta.get("classes") or ())
         task = str(meta.get("task", "multiclass"))
-        if task not in ("multiclass", "multilabel"):
-            raise ConfigError(f"unknown task {task!r}; valid: multiclass, multilabel")
+        look_up(TASKS, task, "task")
         op = meta.get("operating_point")
         thresholds = _thresholds(op, classes) if op else {}
         if thresholds:

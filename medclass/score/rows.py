@@ -18,15 +18,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from medclass.errors import ConfigError, DataError
+from medclass.errors import ConfigError, DataError, look_up
 from medclass.fileio import atomic_write, restore_cell, safe_cell
+from medclass.names import PROB_PREFIX
 from medclass.score.inputs import clean_text, item_key
 
 log = logging.getLogger(__name__)
 
 LEADING_COLUMNS = ["path", "frame", "patient", "study_uid", "series_uid"]
 TRAILING_COLUMNS = ["predicted", "decision", "model_sha256", "error"]
-PROB_PREFIX = "prob:"
 
 
 def score_columns(classes: Sequence[str]) -> list[str]:
@@ -233,4 +233,5 @@ def read_scores(path: Path | str, fmt: str | None = None) -> list[dict[str, Any]
             return [{k: restore_cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
     if fmt == "jsonl":
         return JsonlLog(path, []).read()
-    raise ConfigError(f"unknown scores format {fmt!r}; valid: {', '.join(FORMATS)}", path)
+    look_up(FORMATS, fmt, "scores format", path=path)
+    raise AssertionError(f"format {fmt!r} is listed in FORMATS but has no reader")

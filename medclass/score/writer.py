@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medclass.errors import ConfigError, EngineError
+from medclass.errors import ConfigError, EngineError, look_up
 from medclass.fileio import atomic_write_text
 from medclass.score.rows import (
     FORMATS,
@@ -105,8 +105,7 @@ class ScoreOutput:
     """
 
     def __init__(self, out: Path | str, fmt: str, columns: list[str]) -> None:
-        if fmt not in FORMATS:
-            raise ConfigError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
+        look_up(FORMATS, fmt, "output format")
         if fmt == "parquet":
             try:
                 import pyarrow  # noqa: F401

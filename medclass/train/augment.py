@@ -88,10 +88,10 @@ class RandomIntensity:
 
     def __init__(
         self,
-        brightness: float = 0.1,
-        contrast: float = 0.1,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.5, 0.5, 0.5),
+        brightness: float,
+        contrast: float,
+        mean: Sequence[float],  # the model's normalisation (InputSpec.mean/std): no default to drift from
+        std: Sequence[float],
     ) -> None:
         self.brightness = brightness
         self.contrast = contrast

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from medclass.errors import ConfigError
+from medclass.names import ARCHITECTURE, DEVICE_NAMES, PRECISION_NAMES, TRANSFER_MODE_NAMES
 
 # Valid values of the settings that pick one of a few behaviours (name → description).
-MODES = ("linear", "partial", "full")
+MODES = TRANSFER_MODE_NAMES
 OPTIMIZERS = ("adamw", "rmsprop")
 IMBALANCE = ("none", "weighted", "balanced")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("bf16", "fp32")
+DEVICES = DEVICE_NAMES
+PRECISIONS = PRECISION_NAMES
 CACHES = ("memory", "disk", "none")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -56,7 +57,7 @@ class TrainConfig:
     data_root: str | None = None
     allow_outside_root: bool = False  # accept manifest paths that leave data_root (refused by default)
     weights: str | None = None  # local pretrained weights; None = random init
-    model_name: str = "inception_v3"
+    model_name: str = ARCHITECTURE
     epochs: int = 20
     batch_size: int = 32
     image_size: int | None = None  # None = the model's own input size (299 for Inception V3)

@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 
 from medclass.errors import CheckpointError, MedclassError
-from medclass.preprocess.spec import ARCHITECTURE
+from medclass.names import ARCHITECTURE, TASKS
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MAX_SIDECAR_BYTES = 16 << 20  # a real sidecar is a few KB
 IMAGE_SIZE_RANGE = (75, 1024)  # Inception V3 needs >= 75 px
-TASKS = ("multiclass", "multilabel")
 _INPUT_KEYS = {"size", "mean", "std", "interpolation", "model_name"}
 _SHA256_HEX = frozenset("0123456789abcdef")
 

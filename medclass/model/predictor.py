@@ -1,0 +1,193 @@
+"""The one predictor of evaluate, score and explain: preprocessed images in, class probabilities out.
+
+A :class:`Predictor` is called on a batch ``x`` (N×3×S×S float32, numpy or torch, preprocessed as the
+checkpoint says) and returns the main head's class probabilities (N×C float32 numpy: a softmax over classes
+or a sigmoid per class, by the checkpoint's task). A backend overrides one method, :meth:`Predictor.logits`;
+turning logits into probabilities is shared, so every backend and every command agree on it:
+
+- :class:`TorchPredictor`: the model behind :class:`~medclass.model.MainLogits` (the aux head is never
+  computed), eval mode for the call only (the model's training flags are put back), moved once to its
+  device in channels_last layout, ``torch.inference_mode``, bf16 autocast on request. Its pieces
+  (:meth:`~TorchPredictor.prepare`, :attr:`~TorchPredictor.module`, :meth:`Predictor.probabilities`) are
+  also what Grad-CAM runs through (:class:`medclass.explain.Explainer`), which needs gradients and so runs
+  the forward itself.
+- :class:`OnnxPredictor`: an ONNX file written by :mod:`medclass.export`, run by onnxruntime.
+
+:data:`PREDICTORS` maps backend names to them; :func:`make_predictor` builds one by name. Training keeps
+its own step code (:mod:`medclass.train.steps`) and shares the helpers it is made of (``MainLogits``,
+:func:`~medclass.model.to_device`, :func:`~medclass.model.autocast_context`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medclass.errors import ConfigError, look_up
+from medclass.model import TASK_ACTIVATIONS, MainLogits, autocast_context, probabilities, to_device
+from medclass.names import PRECISION_NAMES
+
+__all__ = ["PREDICTORS", "OnnxPredictor", "Predictor", "TorchPredictor", "make_predictor"]
+
+
+class Predictor:
+    """Batches of preprocessed images → main-head class probabilities. Override :meth:`logits`.
+
+    ``task`` (``multiclass``/``multilabel``) sets the activation; ``device`` and ``precision`` (``fp32``,
+    ``bf16``) say where and how the backend runs. Raises :class:`ConfigError` for an unknown task.
+    """
+
+    name = "base"
+
+    def __init__(self, task: str, *, device: str = "cpu", precision: str = "fp32") -> None:
+        look_up(TASK_ACTIVATIONS, task, "task")
+        self.task = task
+        self.device = device
+        self.precision = precision
+
+    def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The main head's logits (N×C, on any device, any float dtype) for ``x`` (N×3×S×S)."""
+        raise NotImplementedError
+
+    def probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        """Logits (N×C) → probabilities (N×C float32 numpy on the CPU), by :attr:`task`."""
+        return probabilities(logits.detach(), self.task).cpu().numpy().astype(np.float32, copy=False)
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:  # N×3×S×S → N×C
+        return self.probabilities(self.logits(x))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block; every module's training flag is put back afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+class TorchPredictor(Predictor):
+    """``model`` (any Inception V3, wrapped or not) on ``device`` at ``precision``.
+
+    ``channels_last`` (default) converts the model's parameters in place once and every batch on the way
+    in. The model's training flags are only changed for the duration of a call. Raises
+    :class:`ConfigError` for an unknown precision.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = True,
+    ) -> None:
+        look_up(PRECISION_NAMES, precision, "precision")
+        super().__init__(task, device=device, precision=precision)
+        self.channels_last = channels_last
+        self.module = MainLogits(model)
+        to_device(self.module, device, channels_last=channels_last)
+
+    def prepare(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``x`` as a float32 tensor on the predictor's device (pinned, non-blocking copy to a GPU), in
+        channels_last layout when the predictor uses it."""
+        t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x, dtype=torch.float32)
+        if torch.device(self.device).type != "cpu":
+            t = (t.pin_memory() if t.device.type == "cpu" else t).to(self.device, non_blocking=True)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:  # N×3×S×S → N×C
+        with torch.inference_mode(), eval_mode(self.module):
+            t = self.prepare(x)
+            with autocast_context(self.device, self.precision):
+                return self.module(t)
+
+
+class OnnxPredictor(Predictor):
+    """An ONNX file from :func:`medclass.export.export_onnx` run by onnxruntime (CPU, or CUDA when asked).
+
+    ``threads`` > 0 sets onnxruntime's intra-op threads. Raises :class:`ConfigError` when onnxruntime is
+    not installed, the file is missing or cannot be loaded, or CUDA is asked of a CPU-only onnxruntime.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self, onnx_path: str | os.PathLike[str], task: str, *, device: str = "cpu", threads: int = 0
+    ) -> None:
+        super().__init__(task, device=device, precision="fp32")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError(
+                "--backend onnxruntime needs onnxruntime; install it with: pip install 'medclass[onnx]'"
+            ) from None
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise ConfigError("ONNX model not found (make one with: medclass export --format onnx)", path)
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ConfigError(
+                    "onnxruntime here has no CUDA provider; install onnxruntime-gpu or use --device cpu"
+                )
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:
+            raise ConfigError(
+                f"onnxruntime cannot load this model ({type(exc).__name__}: {exc})", path
+            ) from exc
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:  # N×3×S×S → N×C
+        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(array, dtype=np.float32)})[0]
+        return torch.from_numpy(np.asarray(out))
+
+
+#: backend name → predictor class (see :func:`make_predictor`)
+PREDICTORS: dict[str, type[Predictor]] = {"torch": TorchPredictor, "onnxruntime": OnnxPredictor}
+
+
+def make_predictor(
+    name: str,
+    *,
+    task: str,
+    model: Any = None,
+    onnx_path: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    threads: int = 0,
+) -> Predictor:
+    """The predictor ``name`` (see :data:`PREDICTORS`). Raises :class:`ConfigError` for an unknown name,
+    a missing model or ONNX path, or bf16 asked of onnxruntime.
+    """
+    look_up(PREDICTORS, name, "backend")
+    if name == "torch":
+        if model is None:
+            raise ConfigError("the torch backend needs --checkpoint")
+        return TorchPredictor(model, task, device=device, precision=precision)
+    if onnx_path is None:
+        raise ConfigError("--backend onnxruntime needs --onnx MODEL.onnx (make one with medclass export)")
+    if precision != "fp32":
+        raise ConfigError("--backend onnxruntime runs the exported fp32 graph; use --precision fp32")
+    return OnnxPredictor(onnx_path, task, device=device, threads=threads)

@@ -1,0 +1,43 @@
+"""Names that several stages and the command line share, each said once here (light: no torch, no timm).
+
+The command line builds its ``choices=`` from these without importing the heavy stages, the stages check
+settings against them with :func:`medclass.errors.look_up`, and the tables that give the names their
+behaviour (``medclass.model.TRANSFER_MODES``, ``medclass.model.PRECISIONS``,
+``medclass.model.TASK_ACTIVATIONS``) are keyed by them; ``tests/test_layering.py`` checks that they agree.
+"""
+
+from __future__ import annotations
+
+#: the timm model medclass builds, reads its input spec from, and records in checkpoints
+ARCHITECTURE = "inception_v3"
+
+#: classification tasks: one label per image (softmax) or independent findings (a sigmoid per class)
+TASKS = ("multiclass", "multilabel")
+
+#: transfer-learning modes of ``medclass train --mode`` (what each freezes: :mod:`medclass.model.transfer`)
+TRANSFER_MODE_NAMES = ("linear", "partial", "full")
+
+#: numeric precisions of the model's forward that train and score offer (bf16: autocast)
+PRECISION_NAMES = ("fp32", "bf16")
+
+#: inference backends of ``medclass score --backend`` (:data:`medclass.model.predictor.PREDICTORS`)
+BACKEND_NAMES = ("torch", "onnxruntime")
+
+#: where the model runs: ``auto`` picks CUDA when present
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+#: column prefixes of the tables medclass reads and writes: a manifest's multi-label truth
+#: (``finding:<name>``) and a prediction's class scores (``prob:<class>``: evaluate, explain, score)
+FINDING_PREFIX = "finding:"
+PROB_PREFIX = "prob:"
+
+__all__ = [
+    "ARCHITECTURE",
+    "BACKEND_NAMES",
+    "DEVICE_NAMES",
+    "FINDING_PREFIX",
+    "PRECISION_NAMES",
+    "PROB_PREFIX",
+    "TASKS",
+    "TRANSFER_MODE_NAMES",
+]
