@@ -26,6 +26,10 @@ BACKEND_NAMES = ("torch", "onnxruntime")
 #: where the model runs: ``auto`` picks CUDA when present
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 
+#: where decoded training/evaluation inputs are kept, and in which dtype (:mod:`medclass.preprocess.dataset`)
+CACHE_MODES = ("memory", "disk", "none")
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
+
 #: column prefixes of the tables medclass reads and writes: a manifest's multi-label truth
 #: (``finding:<name>``) and a prediction's class scores (``prob:<class>``: evaluate, explain, score)
 FINDING_PREFIX = "finding:"
@@ -34,6 +38,8 @@ PROB_PREFIX = "prob:"
 __all__ = [
     "ARCHITECTURE",
     "BACKEND_NAMES",
+    "CACHE_DTYPES",
+    "CACHE_MODES",
     "DEVICE_NAMES",
     "FINDING_PREFIX",
     "PRECISION_NAMES",

@@ -167,7 +167,7 @@ def test_multilabel_targets_are_float_vectors(tmp_path):
 
 
 def test_bad_settings():
-    with pytest.raises(ConfigError, match="cache must be one of"):
+    with pytest.raises(ConfigError, match="unknown cache 'ram'; valid: memory, disk, none"):
         CachedDataset(None, "train", lambda i: i, cache="ram")
     with pytest.raises(ConfigError, match="cache_dir"):
         CachedDataset(None, "train", lambda i: i, cache="disk")

@@ -30,12 +30,15 @@ def test_the_command_line_offers_exactly_the_shared_names() -> None:
         (command, action.dest): tuple(action.choices)
         for command, p in sub.choices.items()
         for action in p._actions
-        if action.choices is not None and action.dest in ("mode", "precision", "device", "backend")
+        if action.choices is not None
+        and action.dest in ("mode", "precision", "device", "backend", "cache", "cache_dtype")
     }
     assert choices[("train", "mode")] == names.TRANSFER_MODE_NAMES
     assert choices[("train", "precision")] == choices[("score", "precision")] == names.PRECISION_NAMES
     assert choices[("train", "device")] == choices[("score", "device")] == names.DEVICE_NAMES
     assert choices[("score", "backend")] == names.BACKEND_NAMES
+    assert choices[("train", "cache")] == names.CACHE_MODES
+    assert choices[("train", "cache_dtype")] == names.CACHE_DTYPES
 
 
 def test_the_column_prefixes_come_from_one_place() -> None:

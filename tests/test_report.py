@@ -133,3 +133,19 @@ def test_report_renders_in_headless_chromium(metrics, tmp_path):
     assert img.size == (1200, 2000)
     # the ROC figure (its blue curve and legend) is on screen
     assert _blue_pixels(shot) > 500
+
+
+def test_every_html_page_uses_the_one_stylesheet() -> None:
+    """evaluate's report, explain's reports and index, and the demo index all embed report.html.CSS."""
+    import medclass
+    from medclass.report.html import CSS
+
+    root = Path(medclass.__file__).parent
+    styles = {
+        str(p.relative_to(root)): re.findall(r"<style>(.*?)</style>", p.read_text(encoding="utf-8"))
+        for p in root.rglob("*.py")
+    }
+    found = {k: v for k, v in styles.items() if v}
+    assert set(found) == {"report/html.py", "report/clinician.py", "demo/index.py"}
+    assert all(s == "{CSS}" for v in found.values() for s in v), found
+    assert "table.num" in CSS and ".alert" in CSS and ".imgs" in CSS

@@ -51,7 +51,7 @@ def test_config_unknown_yaml_key_lists_valid_keys(tmp_path):
     ("values", "needle"),
     [
         ({"epochs": "many"}, "epochs"),
-        ({"mode": "half"}, "mode must be one of linear, partial, full"),
+        ({"mode": "half"}, "unknown mode 'half'; valid: linear, partial, full"),
         ({"aux_weight": -1}, "aux_weight"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"image_size": 32}, "image_size"),

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from medclass.cli import ExitCode
-from medclass.names import DEVICE_NAMES, PRECISION_NAMES, TRANSFER_MODE_NAMES
+from medclass.names import CACHE_DTYPES, CACHE_MODES, DEVICE_NAMES, PRECISION_NAMES, TRANSFER_MODE_NAMES
 
 HELP = "fine-tune Inception V3 (main + auxiliary head) on a manifest"
 
@@ -137,7 +137,7 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         "--cache",
         "cache",
         {
-            "choices": ["memory", "disk", "none"],
+            "choices": CACHE_MODES,
             "help": "keep decoded images in memory, also on disk (reused by later runs), or not",
         },
     ),
@@ -146,7 +146,7 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         "--cache-dtype",
         "cache_dtype",
         {
-            "choices": ["float32", "float16", "bfloat16"],
+            "choices": CACHE_DTYPES,
             "help": "storage type of cached images (16-bit halves the memory)",
         },
     ),

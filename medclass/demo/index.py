@@ -16,17 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from medclass.fileio import atomic_write_text
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}
-.note{background:#eef4ff;border-left:4px solid #4a7fd0;padding:.5em 1em}
-.big{font-size:1.3em;font-weight:600}code{background:#f4f4f4;padding:0 .2em}
-"""
+from medclass.report.html import CSS
 
 
 def hardware() -> dict[str, Any]:
@@ -263,7 +253,7 @@ def render_index(doc: Mapping[str, Any]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>medclass demo</title><style>{_CSS}</style></head><body>\n"
+        f"<title>medclass demo</title><style>{CSS}</style></head><body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
     )

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from medclass.errors import ConfigError, DataError, UnsafePathError, look_up, short_message
 from medclass.fileio import atomic_write
+from medclass.names import CACHE_DTYPES, CACHE_MODES
 from medclass.preprocess.rows import (
     DecodeFailure,
     cache_key,
@@ -42,8 +43,7 @@ from medclass.preprocess.rows import (
 
 log = logging.getLogger(__name__)
 
-CACHE_MODES = ("memory", "disk", "none")
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_TORCH_DTYPES = {name: getattr(torch, name) for name in CACHE_DTYPES}
 # Below this many rows to decode, a process pool costs more (start-up, imports) than it saves.
 _POOL_MIN_ROWS = 32
 

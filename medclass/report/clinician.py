@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medclass.preprocess.spec import input_spec
+from medclass.report.html import CSS
 
 NOT_FOR_DIAGNOSIS = (
     "NOT FOR DIAGNOSTIC USE. Research software: these maps show which image regions changed the model's "
@@ -190,16 +191,6 @@ def operating_point_for(report: ClinicianReport, class_name: str) -> OperatingPo
 
 
 # --- HTML -----------------------------------------------------------------------------------------
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1b1f24;background:#fff}
-main{max-width:1100px;margin:0 auto;padding:16px 24px}
-.warn{background:#b00020;color:#fff;font-weight:700;padding:12px 16px;border-radius:6px;font-size:1.05em}
-h1{font-size:1.5em;margin:16px 0 4px}h2{font-size:1.2em;margin:24px 0 8px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f3f4f6}.imgs{display:flex;flex-wrap:wrap;gap:12px}.imgs figure{margin:0;flex:1 1 320px}
-.imgs img{width:100%;height:auto;border:1px solid #ccc}figcaption{font-size:.9em;color:#444}
-.pos{font-weight:700;color:#b00020}.muted{color:#555;font-size:.92em}
-"""
 
 
 def _e(value: object) -> str:
@@ -277,8 +268,8 @@ def render_html(report: ClinicianReport) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>Saliency report {_e(report.report_id)} — not for diagnostic use</title>"
-        f"<style>{_CSS}</style></head><body><main>"
-        f"<div class='warn' role='alert'>{_e(NOT_FOR_DIAGNOSIS)}</div>"
+        f"<style>{CSS}</style></head><body><main>"
+        f"<div class='alert' role='alert'>{_e(NOT_FOR_DIAGNOSIS)}</div>"
         f"<h1>Saliency report — {_e(report.report_id)}</h1>"
         f"<p class='muted'>Generated {_e(report.generated)} by {_e(card.software or 'medclass')}</p>"
         f"{_kv_table(list(report.patient.items()))}"
@@ -286,7 +277,7 @@ def render_html(report: ClinicianReport) -> str:
         f"{sections}"
         f"<h2>About the method and its limits</h2><p>{_e(limits)}</p>"
         f"<h2>Model card</h2>{_kv_table(card_rows)}"
-        f"<div class='warn'>{_e(NOT_FOR_DIAGNOSIS)}</div>"
+        f"<div class='alert'>{_e(NOT_FOR_DIAGNOSIS)}</div>"
         "</main></body></html>\n"
     )
 
@@ -326,8 +317,8 @@ def render_index(
     errs = "".join(f"<li>{e(x.get('source_id', ''))}: {e(x['kind'])}: {e(x['message'])}</li>" for x in errors)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medclass saliency index</title>"
-        "</head><body><p><b>Not for diagnostic use.</b></p>"
-        f"<h1>Saliency maps ({e(method)} at {e(layer)})</h1><table border='1'><tr><th>Study</th>"
+        f"<style>{CSS}</style></head><body><p class='alert'>Not for diagnostic use.</p>"
+        f"<h1>Saliency maps ({e(method)} at {e(layer)})</h1><table><tr><th>Study</th>"
         f"<th>Image</th><th>Explained class</th><th>Overlay</th><th>Report</th></tr>{body}</table>"
         + (f"<h2>Failed</h2><ul>{errs}</ul>" if errs else "")
         + "</body></html>\n"

@@ -12,18 +12,24 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;
-padding:1.5em;color:#1b1b1b;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-h3{margin-top:1.3em}table{border-collapse:collapse;margin:.6em 0 1em;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.3em .55em;text-align:right;vertical-align:top}
-th{background:#f2f4f7}td.l,th.l{text-align:left}.muted{color:#666;font-size:.9em}
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0 auto;
+max-width:1100px;padding:1.5em;color:#1b1b1b;background:#fff;line-height:1.4}
+h1{font-size:1.6em;margin:.4em 0 .2em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:1.6em}h3{margin-top:1.3em}code{background:#f4f4f4;padding:0 .2em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.3em .55em;text-align:left;vertical-align:top}th{background:#f3f4f6}
+table.num td,table.num th{text-align:right}table.num td.l,table.num th.l{text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:#555;font-size:.9em}.big{font-size:1.3em;font-weight:600}.pos{font-weight:700;color:#b00020}
+.warn{background:#fff7e0;border-left:4px solid #e0a800;padding:.5em 1em}
+.note{background:#eef5ff;border-left:4px solid #4a7fd6;padding:.5em 1em}
+.alert{background:#b00020;color:#fff;font-weight:700;padding:12px 16px;border-radius:6px;font-size:1.05em}
 figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
 figure img{max-width:520px;width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555;max-width:520px}
-.warn{background:#fff7e0;border-left:4px solid #e0a800;padding:.5em 1em}.note{background:#eef5ff;
-border-left:4px solid #4a7fd6;padding:.5em 1em}
-"""
+.imgs{display:flex;flex-wrap:wrap;gap:12px}.imgs figure{display:block;margin:0;flex:1 1 320px}
+.imgs img{max-width:none;height:auto;border:1px solid #ccc}.imgs figcaption{max-width:none}
+"""  # the one stylesheet of medclass's HTML pages: evaluate's report, explain's reports and index, the demo
 
 
 def esc(value: Any) -> str:
@@ -73,7 +79,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, first_left: b
         + "</tr>"
         for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table class='num'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def figure(png: bytes, caption: str, alt: str) -> str:
@@ -240,7 +246,7 @@ def render_html(
     rule = metrics.get("threshold_rule", {})
     cfg = metrics.get("config", {})
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
-             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{_CSS}</style></head><body>",
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head><body>",
              f"<h1>{esc(title)}</h1>",
              f"<p class='muted'>medclass {esc(metrics.get('medclass_version', ''))} &middot; task: "
              f"{esc(metrics.get('task', ''))} &middot; classes: {esc(', '.join(metrics.get('classes', [])))}</p>"]  # fmt: skip

@@ -16,7 +16,6 @@ workers that import :mod:`medclass.score` do not load them.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -45,21 +44,11 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> str:
     return "cpu"
 
 
-def make_backend(
-    name: str,
-    *,
-    task: str,
-    model: Any = None,
-    onnx_path: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
-    precision: str = "fp32",
-    threads: int = 0,
-) -> Backend:
-    """The predictor ``name`` (:func:`medclass.model.predictor.make_predictor`). Raises
+def make_backend(name: str, **options: Any) -> Backend:
+    """The predictor ``name`` with ``options`` (``task``, ``model``, ``onnx_path``, ``device``, ``precision``,
+    ``threads``): :func:`medclass.model.predictor.make_predictor`, imported only now. Raises
     :class:`ConfigError` for an unknown name, a missing model or ONNX path, or bf16 asked of onnxruntime.
     """
     from medclass.model.predictor import make_predictor
 
-    return make_predictor(
-        name, task=task, model=model, onnx_path=onnx_path, device=device, precision=precision, threads=threads
-    )
+    return make_predictor(name, **options)

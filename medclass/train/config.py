@@ -14,8 +14,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from medclass.errors import ConfigError
-from medclass.names import ARCHITECTURE, DEVICE_NAMES, PRECISION_NAMES, TRANSFER_MODE_NAMES
+from medclass.errors import ConfigError, look_up
+from medclass.names import (
+    ARCHITECTURE,
+    CACHE_DTYPES,
+    CACHE_MODES,
+    DEVICE_NAMES,
+    PRECISION_NAMES,
+    TRANSFER_MODE_NAMES,
+)
 
 # Valid values of the settings that pick one of a few behaviours (name → description).
 MODES = TRANSFER_MODE_NAMES
@@ -23,8 +30,7 @@ OPTIMIZERS = ("adamw", "rmsprop")
 IMBALANCE = ("none", "weighted", "balanced")
 DEVICES = DEVICE_NAMES
 PRECISIONS = PRECISION_NAMES
-CACHES = ("memory", "disk", "none")
-CACHE_DTYPES = ("float32", "float16", "bfloat16")
+CACHES = CACHE_MODES
 
 # Settings that must not change between a run and its --resume (the rest may, e.g. epochs, workers).
 RESUME_FIXED = (
@@ -149,8 +155,7 @@ def valid_keys() -> list[str]:
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
+    look_up(valid, value, name)
 
 
 def _positive(name: str, value: int) -> None:
