@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medclass.model import MainLogits, autocast_context, forward_train
+from medclass.model import autocast_context, forward_train
+from medclass.model.predictor import TorchPredictor
 from medclass.train.objective import InceptionLoss
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -174,25 +175,20 @@ def predict(
     Scores are per-class log-odds (:func:`log_odds`): the same ranking, hence the same AUC, as the
     probabilities, without the ties that saturated probabilities (exactly 0 or 1) would create.
 
-    The model's training flag is restored afterwards; the aux head is not computed.
+    The batches go through the one predictor of medclass (:class:`~medclass.model.predictor.TorchPredictor`,
+    as evaluate, score and explain do); the model's training flags are restored afterwards and the aux head
+    is not computed.
     """
-    was_training = model.training
-    model.eval()
-    head = MainLogits(model)
+    predictor = TorchPredictor(
+        model, task, device=str(device), precision=precision, channels_last=channels_last
+    )
     scores, targets, losses = [], [], []
-    try:
-        for x, y in batches:
-            x = x.to(device, non_blocking=device.type == "cuda")
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = y.to(device)
-            with autocast_context(device, precision):
-                logits = head(x)  # N×C
-            losses.append(criterion.per_sample(logits, y).cpu())
-            scores.append(log_odds(logits, task).cpu())
-            targets.append(y.cpu())
-    finally:
-        model.train(was_training)
+    for x, y in batches:
+        logits = predictor.logits(x)  # N×C, eval mode for the call, the training flag restored
+        y = y.to(device)
+        losses.append(criterion.per_sample(logits, y).cpu())
+        scores.append(log_odds(logits, task).cpu())
+        targets.append(y.cpu())
     if not scores:
         return torch.empty(0), torch.empty(0), torch.empty(0)
     return torch.cat(scores), torch.cat(targets), torch.cat(losses)
