@@ -259,8 +259,7 @@ def from_dicom_tree(
     (no Rows), have an unreadable header, or whose key has no label are left out and listed in
     ``skipped``. Raises :class:`ManifestError` for a bad labels CSV, a key listed twice, or no labelled file.
     """
-    if key not in ("patient", "study"):
-        raise ManifestError(f"unknown key {key!r}; valid: patient, study")
+    look_up(("patient", "study"), key, "key", error=ManifestError)
     if not root.is_dir():
         raise ManifestError("is not a folder", root)
     key_column = key_column or ("patient_id" if key == "patient" else "study_uid")
