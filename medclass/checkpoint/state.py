@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from medclass.errors import CheckpointError
+from medclass.errors import CheckpointError, short_message
 from medclass.weights.pair import commit_stem_pair, read_pair, stem_of
 from medclass.weights.sidecar import (
     FORMAT_VERSION,
@@ -176,5 +176,5 @@ def load_training_state(
     except CheckpointError:
         raise
     except (SafetensorError, KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"training state does not fit ({type(exc).__name__}: {exc})", st_path) from exc
+        raise CheckpointError(f"training state does not fit ({short_message(exc, typed=True)})", st_path) from exc
     return TrainingState(epoch=int(doc["epoch"]), extra=extra)

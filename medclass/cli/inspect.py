@@ -90,6 +90,7 @@ def _window_of(name: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> ExitCode:
+    from medclass.errors import short_message
     from medclass.fileio import write_csv
     from medclass.ingest import discover
     from medclass.ingest.summary import header_window, summarize_rows
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> ExitCode:
                     path=src.path,
                     format=src.format,
                     error_kind="internal",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=short_message(exc, None, typed=True),
                 )
             ]
         for row in found:  # a series with a corrupt slice: the series, then the bad file on its own row
