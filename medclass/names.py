@@ -23,6 +23,9 @@ PRECISION_NAMES = ("fp32", "bf16")
 #: inference backends of ``medclass score --backend`` (:data:`medclass.model.predictor.PREDICTORS`)
 BACKEND_NAMES = ("torch", "onnxruntime")
 
+#: scoring engines of ``medclass score --engine`` (:data:`medclass.score.runner.ENGINES`)
+ENGINE_NAMES = ("local", "ray")
+
 #: where the model runs: ``auto`` picks CUDA when present
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 
@@ -41,6 +44,7 @@ __all__ = [
     "CACHE_DTYPES",
     "CACHE_MODES",
     "DEVICE_NAMES",
+    "ENGINE_NAMES",
     "FINDING_PREFIX",
     "PRECISION_NAMES",
     "PROB_PREFIX",

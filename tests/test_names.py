@@ -17,6 +17,9 @@ def test_the_tables_are_keyed_by_the_shared_names() -> None:
     assert tuple(TASK_ACTIVATIONS) == names.TASKS
     assert set(names.PRECISION_NAMES) <= set(PRECISIONS)  # fp16 also exists, for CUDA autocast only
     assert tuple(PREDICTORS) == names.BACKEND_NAMES
+    from medclass.score.runner import ENGINES
+
+    assert tuple(ENGINES) == names.ENGINE_NAMES
     assert config.MODES == names.TRANSFER_MODE_NAMES and config.PRECISIONS == names.PRECISION_NAMES
     assert config.TrainConfig().model_name == names.ARCHITECTURE
 
@@ -31,12 +34,13 @@ def test_the_command_line_offers_exactly_the_shared_names() -> None:
         for command, p in sub.choices.items()
         for action in p._actions
         if action.choices is not None
-        and action.dest in ("mode", "precision", "device", "backend", "cache", "cache_dtype")
+        and action.dest in ("mode", "precision", "device", "backend", "engine", "cache", "cache_dtype")
     }
     assert choices[("train", "mode")] == names.TRANSFER_MODE_NAMES
     assert choices[("train", "precision")] == choices[("score", "precision")] == names.PRECISION_NAMES
     assert choices[("train", "device")] == choices[("score", "device")] == names.DEVICE_NAMES
     assert choices[("score", "backend")] == names.BACKEND_NAMES
+    assert choices[("score", "engine")] == names.ENGINE_NAMES
     assert choices[("train", "cache")] == names.CACHE_MODES
     assert choices[("train", "cache_dtype")] == names.CACHE_DTYPES
 

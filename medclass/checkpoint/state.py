@@ -176,5 +176,7 @@ def load_training_state(
     except CheckpointError:
         raise
     except (SafetensorError, KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"training state does not fit ({short_message(exc, typed=True)})", st_path) from exc
+        raise CheckpointError(
+            f"training state does not fit ({short_message(exc, typed=True)})", st_path
+        ) from exc
     return TrainingState(epoch=int(doc["epoch"]), extra=extra)

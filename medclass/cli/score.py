@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medclass.cli import ExitCode
-from medclass.names import BACKEND_NAMES, DEVICE_NAMES, PRECISION_NAMES
+from medclass.names import BACKEND_NAMES, DEVICE_NAMES, ENGINE_NAMES, PRECISION_NAMES
 
 HELP = "score many images with a checkpoint (one row per slice/frame; resumable)"
 DESCRIPTION = """\
@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     engine = parser.add_argument_group("engine")
     engine.add_argument(
-        "--engine", choices=("local", "ray"), default="local",
+        "--engine", choices=ENGINE_NAMES, default="local",
         help="local: decode workers and the model in this process (default); ray: on a Ray cluster",
     )  # fmt: skip
     engine.add_argument(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medclass.errors import ConfigError
+from medclass.errors import ConfigError, look_up
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import expand_inputs
 from medclass.score.job import (
@@ -133,8 +133,7 @@ def run_scoring(
     """
     if config.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {config.batch_size}")
-    if config.engine not in ENGINES:
-        raise ConfigError(f"unknown engine {config.engine!r}; valid: {', '.join(ENGINES)}")
+    look_up(ENGINES, config.engine, "engine")
     if config.engine != "ray" and (config.ray_address or config.actors):
         raise ConfigError("--ray-address and --actors are for --engine ray")
     meta, model = load_meta(config)
