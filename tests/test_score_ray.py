@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_score import kermany_jpegs, make_checkpoint, make_inputs
+from test_score import _CrashOn, kermany_jpegs, make_checkpoint, make_inputs
 
 from medclass.cli import ExitCode, main
 from medclass.score import item_key, read_scores
@@ -268,6 +268,36 @@ def test_sigkill_of_the_driver_then_resume_exactly_once(
     skipped = int(again.stdout.split("skipped ")[1].split()[0])
     assert skipped >= done and f"scored {n - skipped}, skipped {skipped}" in again.stdout
     assert not parts_dir.exists()
+
+
+def test_an_input_that_kills_its_decode_worker_is_a_failed_row_not_a_hang(
+    driver: str, ckpt: Path, kermany: Path, tmp_path: Path
+) -> None:
+    """Ray retries a task whose worker died, forever by default: the retry decodes the block in a child
+    process, where the input that kills it becomes a failed row (as in the local engine)."""
+    import test_score
+    from ray import cloudpickle
+
+    from medclass.preprocess import Preprocessor
+    from medclass.score import DecisionRule, ScoreConfig, ScoreJob, ScoreOutput, expand_inputs, score_columns
+    from medclass.score.ray_engine import run_on_ray
+    from medclass.weights import read_meta
+
+    cloudpickle.register_pickle_by_value(test_score)  # the crashing preprocessor travels to the workers
+    n = _copies(kermany, tmp_path / "in", 6)
+    meta = read_meta(ckpt)
+    rule = DecisionRule.from_meta(meta)
+    config = ScoreConfig([tmp_path / "in"], tmp_path / "s.csv", checkpoint=ckpt, batch_size=2, engine="ray",
+                         ray_address=driver)  # fmt: skip
+    output = ScoreOutput(config.out, "csv", score_columns(rule.classes))
+    items = expand_inputs(config.paths)
+    crash = _CrashOn("x003.jpeg", Preprocessor.from_meta(meta))
+    counts, _ = run_on_ray(ScoreJob(config, meta, None, rule, items, output, preprocessor=crash))
+    rows = output.finalize([i.key for i in items])
+    assert (counts.scored, counts.failed) == (n - 1, 1)
+    assert _keys(rows) == [i.key for i in items]
+    (bad,) = [r for r in rows if r["error"]]
+    assert Path(bad["path"]).name == "x003.jpeg" and "crashed the worker process twice" in bad["error"]
 
 
 # --- two nodes -------------------------------------------------------------------------------------------

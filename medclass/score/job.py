@@ -71,6 +71,11 @@ class ScoreJob:
     todo: list[WorkItem]
     output: ScoreOutput
     progress: Callable[[int], None] | None = None
+    preprocessor: Any = None  # image → 3×S×S array; None: the checkpoint's (make_preprocessor(meta))
+
+    def __post_init__(self) -> None:
+        if self.preprocessor is None:
+            self.preprocessor = make_preprocessor(self.meta)
 
     @property
     def model_sha256(self) -> str:

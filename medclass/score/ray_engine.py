@@ -33,8 +33,8 @@ import numpy as np
 from medclass.errors import ConfigError, EngineError
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import WorkItem
-from medclass.score.job import ScoreConfig, ScoreJob, build_backend, make_preprocessor
-from medclass.score.pipeline import Counts, Decoded, decode_item, score_batch
+from medclass.score.job import ScoreConfig, ScoreJob, build_backend
+from medclass.score.pipeline import Counts, Decoded, decode_item, decode_stream, score_batch
 from medclass.score.writer import PartSink, block_id
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ LOCAL_OBJECT_STORE_MB = 512
 #: memory a decode task declares (MiB): a block's full-resolution images and its arrays. Declaring it
 #: also keeps decode a stage of its own: Ray Data would otherwise fuse it into the model actors
 DECODE_MEMORY_MB = 512
+#: seconds for the model actors to start (placed, checkpoint loaded) before the run fails
+ACTOR_START_TIMEOUT_S = 600
 #: seconds to wait for a cluster given by --ray-address
 CONNECT_TIMEOUT_S = 60
 
@@ -70,22 +72,33 @@ def _node() -> str:
 
 
 # --- stage 1: decode (Ray tasks) --------------------------------------------------------------------------
-_PREPROCESSORS: dict[str, Any] = {}
-
-
-def decode_block(row: dict[str, Any], *, meta: dict[str, Any], min_size: int | None) -> dict[str, Any]:
+def decode_block(
+    row: dict[str, Any], *, preprocessor: Any, size: int, min_size: int | None, sink: PartSink
+) -> dict[str, Any]:
     """Decode and preprocess the items of one block with :func:`~medclass.score.pipeline.decode_item`
     (never raises: a bad input becomes its error). Returns the block with ``arrays`` (K×3×S×S float32, the
-    K decoded items in order) and ``decoded`` (JSON: each item's patient/study/series/error)."""
+    K decoded items in order) and ``decoded`` (JSON: each item's patient/study/series/error).
+
+    An input that kills the process decoding it (a codec crash) would make Ray retry its task forever: a
+    marker file beside the parts says that an attempt at this block is under way, and an attempt that
+    finds one left behind decodes the block in a child process instead
+    (:func:`~medclass.score.pipeline.decode_stream`), where such an input becomes a failed row.
+    """
     import torch
 
     torch.set_num_threads(1)  # a decode task has one CPU
-    key = json.dumps({k: meta[k] for k in ("input", "window", "fit")}, sort_keys=True)
-    if key not in _PREPROCESSORS:
-        _PREPROCESSORS[key] = make_preprocessor(meta)
-    preprocessor = _PREPROCESSORS[key]
-    size = int(meta["input"]["size"])
-    decoded = [decode_item(WorkItem(**d), preprocessor, min_size) for d in json.loads(row["items"])]
+    items = [WorkItem(**d) for d in json.loads(row["items"])]
+    marker = sink.folder / f".decoding-{row['block']}"
+    if marker.exists():  # an earlier attempt died here: contain the crash this time
+        log.warning(
+            "block %s: an earlier attempt died while decoding; decoding it in a child process", row["block"]
+        )
+        decoded = list(decode_stream(items, preprocessor, workers=1, min_size=min_size))
+    else:
+        sink.folder.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        decoded = [decode_item(item, preprocessor, min_size) for item in items]
+    marker.unlink(missing_ok=True)
     arrays = [d.array for d in decoded if d.array is not None]
     return {
         "block": row["block"],
@@ -203,6 +216,9 @@ def run_on_ray(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.verbose_stats_logs = False
+        # start when every model replica is up (a pool that cannot be placed fails instead of waiting
+        # forever, and the work is spread over all the actors, not only the first one ready)
+        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         gpus = float(ray.cluster_resources().get("GPU", 0))
         n_actors, gpus_per_actor = _actors(config, gpus)
         node_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, len(ray.nodes())))
@@ -213,7 +229,10 @@ def run_on_ray(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:
             ray.data.from_items(blocks, override_num_blocks=len(blocks))
             .map(
                 decode_block,  # type: ignore[arg-type]  # Ray passes fn_kwargs
-                fn_kwargs=dict(meta=job.meta, min_size=job.min_size()), num_cpus=1,
+                fn_kwargs=dict(
+                    preprocessor=job.preprocessor, size=int(job.meta["input"]["size"]), min_size=job.min_size(),
+                    sink=job.output.sink(),
+                ), num_cpus=1,
                 memory=DECODE_MEMORY_MB << 20,
             )
             .map(

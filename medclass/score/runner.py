@@ -97,7 +97,7 @@ def local_engine(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:
     job.output.open()
     try:
         counts = score_items(
-            job.todo, backend=backend, preprocessor=make_preprocessor(job.meta), append=job.output.append,
+            job.todo, backend=backend, preprocessor=job.preprocessor, append=job.output.append,
             rule=job.rule, model_sha256=job.model_sha256, batch_size=config.batch_size, workers=workers,
             progress=job.progress, min_size=job.min_size(),
         )  # fmt: skip
