@@ -317,3 +317,10 @@ def test_demo_sized_generation_speed(tmp_path: Path) -> None:
     assert 60 <= len(ds.records) <= 180 and ds.seconds > 0
     # reported (pytest -rP), not asserted: the machine is shared
     print(f"synth: {len(ds.records)} DICOM images in {ds.seconds:.2f} s")
+
+
+def test_unknown_or_no_transfer_syntax_lists_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown transfer syntax 'jpeg-xl'; valid: .*rle"):
+        synth.generate_cxr_dataset(tmp_path / "a", transfer_syntaxes=("explicit", "jpeg-xl"))
+    with pytest.raises(ConfigError, match="no transfer syntax given; valid: "):
+        synth.generate_cxr_dataset(tmp_path / "b", transfer_syntaxes=())

@@ -20,7 +20,7 @@ import numpy as np
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import generate_uid
 
-from medclass.errors import ConfigError
+from medclass.errors import ConfigError, look_up
 from medclass.fileio import atomic_write_text, write_csv
 from medclass.synth.dicom import TRANSFER_SYNTAXES, ImageIds, build_dataset, draw_encoding, encode, to_stored
 from medclass.synth.phantom import Anatomy, Lesion, jitter_anatomy, random_anatomy, render_phantom
@@ -87,10 +87,10 @@ def _check_args(n_patients: int, images_per_patient: tuple[int, int], positive_f
         raise ConfigError(f"positive_fraction must be within 0..1, got {positive_fraction}")
     if not sizes or any(len(s) != 2 or min(s) < 32 for s in sizes):
         raise ConfigError(f"sizes must be (rows, cols) pairs of at least 32 pixels, got {sizes!r}")
-    known = TRANSFER_SYNTAXES
-    bad = [s for s in syntaxes if s not in known]
-    if not syntaxes or bad:
-        raise ConfigError(f"unknown transfer syntax {bad or syntaxes!r}; valid: {', '.join(known)}")
+    if not syntaxes:
+        raise ConfigError(f"no transfer syntax given; valid: {', '.join(TRANSFER_SYNTAXES)}")
+    for syntax in syntaxes:
+        look_up(TRANSFER_SYNTAXES, syntax, "transfer syntax")
     bad = [k for k in phi if tag_for_keyword(k) is None]
     if bad:
         raise ConfigError(f"phi_markers: {bad} are not DICOM keywords (e.g. PatientName, PatientID)")
