@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from medclass import __version__
 from medclass.names import PROB_PREFIX
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,10 @@ class ExplainRun:
             training_data=f"{Path(str(manifest)).name} (sha256 {sha})" if sha else "",
             task=ckpt.task,
             input_size=spec.size,
-            software=_software(),
+            software=f"medclass {__version__}",
         )
         if meta.get("intended_use"):
-            self.card = _replace(self.card, intended_use=str(meta["intended_use"]))
+            self.card = replace(self.card, intended_use=str(meta["intended_use"]))
         self.pending: list[tuple[Any, Any]] = []
         self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
@@ -174,7 +175,7 @@ class ExplainRun:
 
             try:
                 rho = randomisation_check(self.ckpt.model, x, method=self.s.method, layer=self.s.layer)
-                self.card = _replace(self.card, randomisation_check=rho)
+                self.card = replace(self.card, randomisation_check=rho)
             except Exception as exc:  # a property of the model card, not of an image: logged, run goes on
                 log.warning("randomisation check failed: %s: %s", type(exc).__name__, exc)
         for k, (image, prepared) in enumerate(batch):
@@ -386,18 +387,6 @@ def _region_section(display: Any, regions: Any) -> dict[str, Any]:
 
 def _nan_none(value: Any) -> Any:
     return None
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
-
-
-def _software() -> str:
-    from medclass import __version__
-
-    return f"medclass {__version__}"
 
 
 def _where(meta: Any) -> str:
