@@ -146,6 +146,20 @@ class EngineError(MedclassError):
     kind = "engine"
 
 
+# --- servers ------------------------------------------------------------------------------------------
+class PacsError(MedclassError):
+    """A PACS (DICOMweb or DIMSE) refused a request or answered with something unusable (wrong content
+    type, a part that is not DICOM, an oversized payload, malformed UIDs): an error of that study."""
+
+    kind = "pacs"
+
+
+class PacsUnavailable(PacsError):
+    """The PACS could not be reached or answered 5xx/408/429 after the retries: try again later."""
+
+    kind = "pacs-unavailable"
+
+
 def short_message(exc: BaseException, limit: int | None = 200, *, typed: bool = False) -> str:
     """``exc``'s message on one line (whitespace runs collapsed), cut at ``limit`` characters with "…".
 

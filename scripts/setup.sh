@@ -13,6 +13,6 @@ want="$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  .venv/bin/python -m pip install -q -e ".[dev,onnx,parquet,ray,benchmark]"
+  .venv/bin/python -m pip install -q -e ".[dev,onnx,parquet,ray,benchmark,pacs]"
   echo "$want" > "$stamp"
 fi

@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare",
     "explain": "explain",
     "score": "score",
+    "watch": "watch",
     "export": "export",
     "demo": "demo",
 }

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
+
+from medclass.cli import pacs_args
 
 HELP = "saliency maps and clinician reports (HTML, PDF, DICOM Secondary Capture) for images"
 DESCRIPTION = """\
@@ -28,11 +32,17 @@ examples:
   medclass explain --checkpoint runs/r1/best scans/ --out sal --method gradcam++ --layer Mixed_6e --dicom
   medclass explain --checkpoint runs/r1/best scans/ --out sal --metrics reports/r1/metrics.json
   medclass explain --checkpoint runs/r1/best scans/ --out sal --regions --dicom --seg
+  medclass explain --checkpoint runs/r1/best --dicomweb http://pacs:8042/dicom-web --study 1.2.3.4 \\
+      --out sal --push --sr --pdf       # overlays (+ SR, + PDF) back into the source study
+
+From a PACS (--dicomweb URL with --study/--query), studies are pulled over WADO-RS into OUT/.pull (removed
+at the end) and explained like files; --push/--push-to/--push-dimse send the Secondary Captures (+ the SR
+with --sr, + the PDF report as Encapsulated PDF with --pdf) into the source study.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="checkpoint stem (or .json/.safetensors)"
     )
@@ -87,6 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     regions.add_argument(
         "--seg", action="store_true", help="with --regions --dicom: also a DICOM Segmentation"
     )
+    pacs_args.add_source_arguments(parser)
+    pacs_args.add_push_arguments(parser, explain=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--region-threshold, --max-regions and --seg need --regions")
     if args.seg and not args.dicom:
         raise ConfigError("--seg writes DICOM: add --dicom")
+    pacs_args.check_paths(args, "explain")
+    pushers = pacs_args.pushers(args)
     look_up(CAM_METHODS, args.method, "saliency method")
     look_up(TARGET_LAYERS, args.layer, "target layer")
     if args.faithfulness != "none":
@@ -127,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         layer=args.layer,
         target=target,
-        dicom=args.dicom,
-        sr=args.sr and args.dicom,
+        dicom=args.dicom or bool(pushers),  # pushed overlays are written to OUT first (de-identified)
+        sr=args.sr and (args.dicom or bool(pushers)),
         include_phi=args.include_phi,
         opacity=args.opacity,
         top_percent=args.top_percent or None,
@@ -148,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         ckpt.model, method=args.method, layer=args.layer, batch_size=args.batch_size, task=ckpt.task
     )
     job = ExplainRun(ckpt, explainer, settings, args.out, metrics_doc)
+    pacs = _pull_from_pacs(args, job, pushers) if args.dicomweb else None
     ingest.get_slice_policy(args.slice_policy)  # an unknown name is a bad command line, before any work
     sources = ingest.discover(args.paths)
     for source in sources:  # decode failures are per image: a corrupt slice fails alone
@@ -159,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 job.add(item)
     job.finish()
+    if pacs is not None:
+        pacs.push(job, on_study=lambda r: print(r.line(), file=sys.stderr, flush=True))
     n_ok, n_err = len(job.rows), len(job.errors)
     for err in job.errors:
         print(f"failed: {err['where']}: {err['kind']}: {err['message']}")
@@ -170,4 +187,15 @@ def run(args: argparse.Namespace) -> int:
     )
     if n_err and not n_ok:
         return ExitCode.ERROR
-    return ExitCode.PARTIAL if n_err else ExitCode.OK
+    return ExitCode.PARTIAL if n_err or (pacs is not None and pacs.incomplete) else ExitCode.OK
+
+
+def _pull_from_pacs(args: argparse.Namespace, job: Any, pushers: list[Any]) -> Any:
+    from medclass.pacs.explain import PacsExplain
+
+    pacs = PacsExplain(
+        pacs_args.source(args), pushers, weights_sha256=str(job.ckpt.meta.get("sha256", "")),
+        slice_policy=args.slice_policy, push_sr=args.sr, push_pdf=args.pdf,
+    )  # fmt: skip
+    pacs.pull(job)
+    return pacs

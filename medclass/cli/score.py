@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from medclass.cli import ExitCode
+from medclass.cli import ExitCode, pacs_args
 from medclass.names import BACKEND_NAMES, DEVICE_NAMES, ENGINE_NAMES, PRECISION_NAMES
 
 HELP = "score many images with a checkpoint (one row per slice/frame; resumable)"
@@ -35,8 +35,17 @@ Speed on a CPU: decoding runs in --workers processes while the model runs here. 
 probabilities move by up to ~0.1 on some images) and --fast-decode (JPEGs decoded at 1/2-1/8 scale in
 the DCT domain; about 2x less decode work on radiographs; probabilities move by up to ~0.02).
 
+From a PACS: --dicomweb URL reads the studies named by --study UID or matched by --query KEY=VALUE over
+DICOMweb (QIDO-RS, WADO-RS), study by study, into the same rows (path: the instance's WADO-RS URL);
+--push (STOW-RS to that root), --push-to URL or --push-dimse AET@HOST:PORT send one Comprehensive SR per
+study back into the source study (per-class probabilities, the decision at the operating point, the
+model and its weights' sha256; not for diagnostic use). A study the server cannot serve now is left for
+--resume (exit 3); re-pushing stores nothing twice (the SR's UID derives from the study and the weights).
+
 Examples:
   medclass score --checkpoint runs/r1/best scans/ --out scores.csv
+  medclass score --checkpoint runs/r1/best --dicomweb http://pacs:8042/dicom-web \\
+      --query ModalitiesInStudy=CR --query StudyDate=20260101-20260131 --out scores.csv --push
   medclass score --checkpoint runs/r1/best scans/ --out scores.csv --resume
   medclass score --checkpoint runs/r1/best data_manifests/kermany_cxr.csv --data-root ../shared/data \\
       --out scores.jsonl --precision bf16 --fast-decode --workers 2
@@ -48,7 +57,7 @@ Examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="folders, manifests (.csv) or image files")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="folders, manifests (.csv) or image files")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint stem (or its .json/.safetensors)")
     parser.add_argument("--out", type=Path, required=True, help="scores file (.csv, .jsonl or .parquet)")
     parser.add_argument(
@@ -103,6 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--aggregate", choices=("mean", "max"), default="mean", help="how a study's images are combined"
     )
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    pacs_args.add_source_arguments(parser)
+    pacs_args.add_push_arguments(parser)
 
 
 def _progress(enabled: bool | None) -> Callable[[int, int], Callable[[int], None]] | None:
@@ -126,6 +137,7 @@ def run(args: argparse.Namespace) -> ExitCode:
     from medclass.runtime import tune_cpu_malloc
     from medclass.score import ScoreConfig, run_scoring
 
+    pacs_args.check_paths(args, "score")
     tune_cpu_malloc()  # PERF-NOTES: large batches at 299 px page-fault fresh memory every step without it
     config = ScoreConfig(
         paths=[str(p) for p in args.paths],
@@ -150,6 +162,8 @@ def run(args: argparse.Namespace) -> ExitCode:
         ray_address=args.ray_address,
         actors=args.actors,
     )
+    if args.dicomweb:
+        return _run_pacs(args, config)
     report = run_scoring(config, progress=_progress(args.progress))
     c = report.counts
     where = f"{report.out}" + (
@@ -167,3 +181,22 @@ def run(args: argparse.Namespace) -> ExitCode:
     for err in c.errors[:3]:
         print(f"  failed: {err}", file=sys.stderr)
     return ExitCode.PARTIAL if report.failed_in_output else ExitCode.OK
+
+
+def _run_pacs(args: argparse.Namespace, config: object) -> ExitCode:
+    from medclass.pacs import score_from_pacs
+
+    pacs = score_from_pacs(
+        config,  # type: ignore[arg-type]
+        pacs_args.source(args),
+        pacs_args.pushers(args),
+        on_study=lambda r: print(r.line(), file=sys.stderr, flush=True),
+    )
+    c, report = pacs.score.counts, pacs.score
+    print(
+        f"scored {c.scored}, skipped {c.skipped} instance(s) already done, failed {c.failed}, "
+        f"{len(pacs.studies)} studies ({pacs.incomplete} left to do) → {report.out}"
+    )
+    for err in c.errors[:3]:
+        print(f"  failed: {err}", file=sys.stderr)
+    return ExitCode.PARTIAL if report.failed_in_output or pacs.incomplete else ExitCode.OK

@@ -32,7 +32,7 @@ class WorkItem:
     """One 2D image to score: frame ``frame`` of the file ``path`` (absolute).
 
     ``error`` is set when the file could not be opened while expanding the inputs (``frame`` is then
-    None). ``patient_id``/``study_id`` are hints from a manifest row, used when the file has none.
+    None). ``file``, when set, is read instead of ``path`` (rows still show and are keyed by ``path``). ``patient_id``/``study_id`` are hints from a manifest row, used when the file has none.
     """
 
     path: str
@@ -40,6 +40,7 @@ class WorkItem:
     error: str = ""
     patient_id: str = ""
     study_id: str = ""
+    file: str = ""  # the local file to read when ``path`` names something else (a PACS instance's URL)
 
     @property
     def key(self) -> str:

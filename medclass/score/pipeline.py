@@ -56,7 +56,7 @@ def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any], min_size: in
     try:
         from medclass import ingest
 
-        image = ingest.read_frame(item.path, int(item.frame or 0), min_size=min_size)
+        image = ingest.read_frame(item.file or item.path, int(item.frame or 0), min_size=min_size)
         meta = image.meta
         patient = meta.patient_id or patient
         study, series = meta.study_uid or study, meta.series_uid
