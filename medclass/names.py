@@ -33,12 +33,19 @@ DEVICE_NAMES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("memory", "disk", "none")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
+#: how a patient's or study's images combine into one score (evaluate --aggregate, score --aggregate)
+AGGREGATIONS = ("mean", "max")
+
+#: scores file formats of ``medclass score`` (:mod:`medclass.score.rows`)
+SCORE_FORMATS = ("csv", "jsonl", "parquet")
+
 #: column prefixes of the tables medclass reads and writes: a manifest's multi-label truth
 #: (``finding:<name>``) and a prediction's class scores (``prob:<class>``: evaluate, explain, score)
 FINDING_PREFIX = "finding:"
 PROB_PREFIX = "prob:"
 
 __all__ = [
+    "AGGREGATIONS",
     "ARCHITECTURE",
     "BACKEND_NAMES",
     "CACHE_DTYPES",
@@ -48,6 +55,7 @@ __all__ = [
     "FINDING_PREFIX",
     "PRECISION_NAMES",
     "PROB_PREFIX",
+    "SCORE_FORMATS",
     "TASKS",
     "TRANSFER_MODE_NAMES",
 ]

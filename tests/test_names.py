@@ -20,6 +20,10 @@ def test_the_tables_are_keyed_by_the_shared_names() -> None:
     from medclass.score.runner import ENGINES
 
     assert tuple(ENGINES) == names.ENGINE_NAMES
+    from medclass.metrics.aggregate import AGGREGATORS
+    from medclass.score.rows import FORMATS
+
+    assert tuple(AGGREGATORS) == names.AGGREGATIONS and FORMATS == names.SCORE_FORMATS
     assert config.MODES == names.TRANSFER_MODE_NAMES and config.PRECISIONS == names.PRECISION_NAMES
     assert config.TrainConfig().model_name == names.ARCHITECTURE
 
@@ -34,13 +38,17 @@ def test_the_command_line_offers_exactly_the_shared_names() -> None:
         for command, p in sub.choices.items()
         for action in p._actions
         if action.choices is not None
-        and action.dest in ("mode", "precision", "device", "backend", "engine", "cache", "cache_dtype")
+        and action.dest
+        in ("mode", "precision", "device", "backend", "engine", "cache", "cache_dtype", "aggregate", "format")
     }
     assert choices[("train", "mode")] == names.TRANSFER_MODE_NAMES
     assert choices[("train", "precision")] == choices[("score", "precision")] == names.PRECISION_NAMES
     assert choices[("train", "device")] == choices[("score", "device")] == names.DEVICE_NAMES
     assert choices[("score", "backend")] == names.BACKEND_NAMES
     assert choices[("score", "engine")] == names.ENGINE_NAMES
+    assert choices[("demo", "device")] == names.DEVICE_NAMES
+    assert choices[("score", "aggregate")] == choices[("evaluate", "aggregate")] == names.AGGREGATIONS
+    assert choices[("score", "format")] == names.SCORE_FORMATS
     assert choices[("train", "cache")] == names.CACHE_MODES
     assert choices[("train", "cache_dtype")] == names.CACHE_DTYPES
 

@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medclass.names import AGGREGATIONS
+
 HELP = "measure a model on the test split: AUC with CIs, operating point from validation, report"
 DESCRIPTION = """\
 Evaluate a checkpoint on a manifest's test split (or an earlier run's predictions.csv) and write
@@ -51,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--level", choices=("image", "patient", "both"), default="both", help="image and/or patient level"
     )
     parser.add_argument(
-        "--aggregate", choices=("mean", "max"), default="mean", help="patient score from its images"
+        "--aggregate", choices=AGGREGATIONS, default="mean", help="patient score from its images"
     )
     parser.add_argument(
         "--group-column", default="patient_id", help="column that groups images (patient_id or study_id)"

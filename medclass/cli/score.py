@@ -8,7 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medclass.cli import ExitCode, pacs_args
-from medclass.names import BACKEND_NAMES, DEVICE_NAMES, ENGINE_NAMES, PRECISION_NAMES
+from medclass.names import (
+    AGGREGATIONS,
+    BACKEND_NAMES,
+    DEVICE_NAMES,
+    ENGINE_NAMES,
+    PRECISION_NAMES,
+    SCORE_FORMATS,
+)
 
 HELP = "score many images with a checkpoint (one row per slice/frame; resumable)"
 DESCRIPTION = """\
@@ -61,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="checkpoint stem (or its .json/.safetensors)")
     parser.add_argument("--out", type=Path, required=True, help="scores file (.csv, .jsonl or .parquet)")
     parser.add_argument(
-        "--format", choices=("csv", "jsonl", "parquet"), help="output format (default: from --out's suffix)"
+        "--format", choices=SCORE_FORMATS, help="output format (default: from --out's suffix)"
     )
     parser.add_argument("--data-root", type=Path, help="root of the paths in manifests")
     parser.add_argument(
@@ -109,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--resume", action="store_true", help="continue an interrupted run on the same --out")
     out.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     out.add_argument(
-        "--aggregate", choices=("mean", "max"), default="mean", help="how a study's images are combined"
+        "--aggregate", choices=AGGREGATIONS, default="mean", help="how a study's images are combined"
     )
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     pacs_args.add_source_arguments(parser)

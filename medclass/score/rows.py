@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from medclass.errors import ConfigError, DataError, look_up
 from medclass.fileio import atomic_write, restore_cell, safe_cell
-from medclass.names import PROB_PREFIX
+from medclass.names import PROB_PREFIX, SCORE_FORMATS
 from medclass.score.inputs import clean_text, item_key
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class JsonlLog(RowLog):
 
 
 LOGS: dict[str, type[RowLog]] = {"csv": CsvLog, "jsonl": JsonlLog}
-FORMATS = ("csv", "jsonl", "parquet")
+FORMATS = SCORE_FORMATS
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:

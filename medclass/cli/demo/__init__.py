@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.cli import ExitCode
+from medclass.names import DEVICE_NAMES
 
 from .summary import dataset_facts, localise, print_summary, write_demo_index
 
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--cam-layer", default=None, help="Grad-CAM target layer (e.g. Mixed_5d, Mixed_6e)")
     tune.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICE_NAMES,
         default="auto",
         help="training device (auto: CUDA if present)",
     )
