@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine = parser.add_argument_group("engine")
     engine.add_argument(
         "--engine", choices=ENGINE_NAMES, default="local",
-        help="local: decode workers and the model in this process (default); ray: on a Ray cluster",
+        help="local: decode workers and the model in this process; ray: on a Ray cluster",
     )  # fmt: skip
     engine.add_argument(
         "--ray-address", metavar="ADDR", help="a running Ray cluster (HOST:PORT of its head; default: start "
