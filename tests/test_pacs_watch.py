@@ -86,7 +86,7 @@ def test_watch_new_studies_outage_kill9_and_ctrl_c(tmp_path: Path, dicom_samples
         w2.proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, _ = w2.proc.communicate(timeout=120)
         assert w2.proc.returncode == 0 and "watch stopped" in out, out
-        assert sum("unavailable (" in ln for ln in w.lines) == 1  # one line for the outage
+        assert sum("unavailable (" in ln for ln in w.lines) == 1, w.lines  # one line for the outage
         studies = [f"study {uid[p]}:" for p in (dx, ct[0], cr, mr)]
         assert all(sum(ln.startswith(s) for ln in w.lines + w2.lines) == 1 for s in studies), (
             w.lines + w2.lines
@@ -103,5 +103,46 @@ def test_watch_new_studies_outage_kill9_and_ctrl_c(tmp_path: Path, dicom_samples
         st = WatchState(state, rows[0]["model_sha256"])
         assert st.count("done") == 4
         st.close()
+    finally:
+        server.stop()
+
+
+def _stable(server: Orthanc, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        changes = server.get("/changes?since=0&limit=10000").json()["Changes"]
+        if sum(c["ChangeType"] == "StableStudy" for c in changes) >= n:
+            return
+        time.sleep(0.3)
+    pytest.fail(f"Orthanc reported fewer than {n} stable studies")
+
+
+def test_watch_follows_orthanc_changes(tmp_path: Path, dicom_samples: Path, monkeypatch, capsys) -> None:
+    from medclass.cli import ExitCode, main
+
+    monkeypatch.setenv("MEDCLASS_PACS_USER", USER)
+    monkeypatch.setenv("MEDCLASS_PACS_PASSWORD", PASSWORD)
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        ckpt = make_checkpoint(tmp_path / "ck")
+        dx = dicom_samples / "highdicom" / "dx_image.dcm"
+        ct = [dicom_samples / "dcmqi_ct-3slice" / n for n in ("01.dcm", "02.dcm", "03.dcm")]
+        state = tmp_path / "state"
+        cmd = ["watch", "--dicomweb", server.dicomweb, "--checkpoint", str(ckpt), "--state", str(state),
+               "--changes", "--once", "--push", "--batch-size", "2"]  # fmt: skip
+        server.upload(dx)
+        _stable(server, 1)
+        assert main(cmd) == ExitCode.OK
+        assert main(cmd) == ExitCode.OK  # nothing new: the sequence number was kept
+        for f in ct:
+            server.upload(f)
+        _stable(server, 3)  # the CT study, and the DX study again (our SR joined it)
+        assert main(cmd) == ExitCode.OK
+        err = capsys.readouterr().err
+        uids = [pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in (dx, ct[0])]
+        assert [sum(ln.startswith(f"study {u}:") for ln in err.splitlines()) for u in uids] == [1, 1], err
+        rows = read_scores(state / "scores.csv")
+        assert len(rows) == len({(r["path"], r["frame"]) for r in rows}) == 4
+        assert server.n_instances() == 4 + 2  # one SR per study
     finally:
         server.stop()

@@ -45,14 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--explain", action="store_true", help="also explain each study and push the overlays"
     )
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--changes", action="store_true",
+        help="Orthanc: follow its /changes log (StableStudy events) instead of QIDO-RS polling; the REST root "
+        "is the DICOMweb root without its last path part (http://host:8042/dicom-web → http://host:8042)",
+    )  # fmt: skip
     parser.add_argument("--once", action="store_true", help="one poll (two for a new study), then stop")
     pacs_args.add_source_arguments(parser, watch=True)
     pacs_args.add_push_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> ExitCode:
+    from medclass.errors import ConfigError
     from medclass.pacs import PacsScorer, parse_query
-    from medclass.pacs.watch import Watcher, WatchState
+    from medclass.pacs.watch import OrthancChanges, Watcher, WatchState
     from medclass.score import ScoreConfig
 
     pushers = pacs_args.pushers(args)
@@ -60,11 +66,14 @@ def run(args: argparse.Namespace) -> ExitCode:
                          batch_size=args.batch_size, workers=0)  # fmt: skip
     scorer = PacsScorer(config, pacs_args.connection(args), pushers)
     state = WatchState(args.state, scorer.model_sha)
+    if args.changes and args.query:
+        raise ConfigError("--changes follows every stable study of the server; it takes no --query")
     stop = threading.Event()
     explain = _explainer(args, pushers) if args.explain else None
     watcher = Watcher(
         scorer, state, query=parse_query(args.query), interval=args.interval, max_backoff=args.max_backoff,
         explain=explain, on_study=lambda r: print(r.line(), file=sys.stderr, flush=True), stop=stop,
+        changes=OrthancChanges(scorer.client, state) if args.changes else None,
     )  # fmt: skip
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -1,7 +1,8 @@
 """``medclass watch``: poll a PACS for studies, score (and explain) each once, push the results back.
 
 Every ``interval`` seconds a QIDO-RS search (the ``--query`` filters) lists the studies with their
-instance counts. A study is taken once its count was the same at two polls in a row (still arriving
+instance counts (or, with ``--changes`` on an Orthanc server, its ``/changes`` log gives the studies that
+became stable since the sequence number kept in the state). A study is taken once its count was the same at two polls in a row (still arriving
 otherwise), processed by the :class:`~medclass.pacs.score.PacsScorer` (and the explain callback), and
 recorded in ``STATE/watch.sqlite`` with the count it had (plus what was pushed into it). A study whose
 count later grows is taken again: its new instances are scored (done rows are skipped).
@@ -24,9 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medclass.errors import ConfigError, PacsError, PacsUnavailable
+from medclass.pacs.client import PacsClient
 from medclass.pacs.score import PacsScorer, StudyResult
+from medclass.pacs.uids import check_uid
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +76,62 @@ class WatchState:
                 (uid, status, instances, error[:500], time.time()),
             )
 
+    def get_meta(self, key: str, default: str = "") -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def count(self, status: str) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM studies WHERE status=?", (status,)).fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
+
+
+class OrthancChanges:
+    """New studies from Orthanc's ``/changes`` log (``StableStudy`` events), resumed from the sequence
+    number kept in the state; the Orthanc REST root is the DICOMweb root without its last path part."""
+
+    def __init__(self, client: PacsClient, state: WatchState, rest_root: str | None = None) -> None:
+        self.client, self.state = client, state
+        self.root = (rest_root or client.connection.url.rsplit("/", 1)[0]).rstrip("/")
+        self.since = int(state.get_meta("changes_seq", "0"))
+        self.last = self.since
+
+    def _get(self, path: str) -> Any:
+        def fetch() -> Any:
+            r = self.client.session.get(self.root + path, timeout=self.client.connection.timeout)
+            r.raise_for_status()
+            return r.json()
+
+        return self.client.call(f"Orthanc {path.split('?')[0]}", fetch)
+
+    def __call__(self) -> dict[str, int]:
+        """StudyInstanceUID → instance count of the studies that became stable since the last call."""
+        found: dict[str, int] = {}
+        since = self.since
+        for _ in range(1000):
+            page = self._get(f"/changes?since={since}&limit=1000")
+            for change in page.get("Changes", []):
+                if change.get("ChangeType") == "StableStudy":
+                    study = self._get(f"/studies/{change['ID']}")
+                    uid = check_uid(
+                        study.get("MainDicomTags", {}).get("StudyInstanceUID"), "StudyInstanceUID"
+                    )
+                    found[uid] = len(self._get(f"/studies/{change['ID']}/instances"))
+            since = int(page.get("Last", since))
+            if page.get("Done", True):
+                break
+        self.last = since
+        return found
+
+    def commit(self) -> None:
+        """Remember that every study returned so far is handled."""
+        self.state.set_meta("changes_seq", str(self.last))
+        self.since = self.last
 
 
 @dataclass
@@ -101,11 +156,13 @@ class Watcher:
         explain: Callable[[str], StudyResult] | None = None,
         on_study: Callable[[StudyResult], None] | None = None,
         stop: threading.Event | None = None,
+        changes: OrthancChanges | None = None,
     ) -> None:
         self.scorer, self.state, self.query = scorer, state, dict(query or {})
         self.interval, self.max_backoff = max(0.1, interval), max(interval, max_backoff)
         self.explain, self.on_study = explain, on_study
         self.stop = stop or threading.Event()
+        self.changes = changes
         self.pending: dict[str, int] = {}  # uid → count at the last poll (not yet stable)
         self.summary = WatchSummary()
         self._down_since: float | None = None
@@ -127,19 +184,22 @@ class Watcher:
 
     def poll(self) -> None:
         """One pass: list the studies, process the stable new ones. Raises :class:`PacsUnavailable`."""
-        counts = self.scorer.client.study_counts(self.query)
+        stable = self.changes is not None  # Orthanc reports StableStudy itself
+        counts = self.changes() if self.changes is not None else self.scorer.client.study_counts(self.query)
         self.summary.polls += 1
-        self._back()
         for uid, count in counts.items():
             if self.stop.is_set():
                 return
             seen = self.state.seen(uid)
             if seen is not None and (seen[0] == "failed" or count <= seen[1]):
                 continue
-            if self.pending.get(uid) != count:  # new, or still growing: wait for the next poll
+            if not stable and self.pending.get(uid) != count:  # new, or still growing: wait for the next poll
                 self.pending[uid] = count
                 continue
             self._one(uid, count)
+        if self.changes is not None:
+            self.changes.commit()
+        self._back()  # a whole pass went through: a server that answers once and fails again is one outage
 
     def _one(self, uid: str, count: int) -> None:
         result = self.scorer.study(uid)
