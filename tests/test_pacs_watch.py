@@ -146,3 +146,30 @@ def test_watch_follows_orthanc_changes(tmp_path: Path, dicom_samples: Path, monk
         assert server.n_instances() == 4 + 2  # one SR per study
     finally:
         server.stop()
+
+
+def test_watch_explain_pushes_overlays_too(tmp_path: Path, dicom_samples: Path, monkeypatch) -> None:
+    from medclass.cli import ExitCode, main
+    from medclass.pacs import output_series_uid
+
+    monkeypatch.setenv("MEDCLASS_PACS_USER", USER)
+    monkeypatch.setenv("MEDCLASS_PACS_PASSWORD", PASSWORD)
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        ckpt = make_checkpoint(tmp_path / "ck")
+        dx = dicom_samples / "highdicom" / "dx_image.dcm"
+        server.upload(dx)
+        state = tmp_path / "state"
+        cmd = ["watch", "--dicomweb", server.dicomweb, "--checkpoint", str(ckpt), "--state", str(state),
+               "--once", "--explain", "--push", "--batch-size", "2"]  # fmt: skip
+        assert main(cmd) == ExitCode.OK  # --once: two polls, the study is stable at the second
+        study = pydicom.dcmread(dx, stop_before_pixels=True).StudyInstanceUID
+        sha = read_scores(state / "scores.csv")[0]["model_sha256"]
+        refs = PacsClient(Connection(server.dicomweb)).instances(study)
+        sc = [r for r in refs if r.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7"]
+        assert [r.series_uid for r in sc] == [output_series_uid(study, sha, "saliency-sc")]
+        assert server.n_instances() == 1 + 2  # the SR of the scores and the overlay
+        assert main(cmd) == ExitCode.OK and server.n_instances() == 3  # done: nothing again
+        assert not list((state / "explain").rglob(".pull"))
+    finally:
+        server.stop()
