@@ -19,10 +19,28 @@ from typing import IO, Any
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "w", *, private: bool = False, **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
+    The file gets the permissions a plain ``open`` would (0666 minus the umask); ``private`` files (those
+    that may carry PHI: DICOM outputs, ``--include-phi`` reports) stay 0600, owner only.
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
@@ -31,6 +49,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
         _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
+        if not private:  # mkstemp creates 0600
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
@@ -70,13 +90,13 @@ def _remove_stale_temps(path: Path) -> None:
             continue
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_write(path, "wb") as fh:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, private: bool = False) -> None:
+    with atomic_write(path, "wb", private=private) as fh:
         fh.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, private: bool = False) -> None:
+    with atomic_write(path, "w", private=private, encoding="utf-8", newline="") as fh:
         fh.write(text)
 
 
@@ -117,11 +137,14 @@ def restore_cell(value: str) -> str:
     return value
 
 
-def write_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
-    """Write ``rows`` atomically as CSV with formula-injection-safe cells (the header line too)."""
+def write_csv(
+    path: str | os.PathLike[str], rows: list[dict[str, Any]], fieldnames: list[str], *, private: bool = False
+) -> None:
+    """Write ``rows`` atomically as CSV with formula-injection-safe cells (the header line too); ``private``
+    as in :func:`atomic_write`."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore", lineterminator="\n")
     writer.writerow({k: safe_cell(k) for k in fieldnames})
     for row in rows:
         writer.writerow({k: safe_cell(v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue(), private=private)

@@ -394,3 +394,49 @@ def test_cuda_model_saves_and_loads_on_cpu_and_cuda_rng_round_trips(tmp_path: Pa
     # the CUDA RNG is back where it was at save time, and the optimizer state is on the parameters' device
     assert torch.equal(torch.rand(3, device="cuda"), expected)
     assert opt2.state_dict()["state"][0]["exp_avg"].device.type == "cuda"
+
+
+def test_no_checkpoint_at_a_typo_lists_what_is_there(saved, tmp_path: Path) -> None:
+    """A typo'd stem, a missing best.pt or an empty folder say "no checkpoint at X" and list the stems."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _copy(saved[0], run, "best")
+    _copy(saved[0], run, "last")
+    (run / "last.state.json").write_text("{}")  # training state is not a checkpoint
+    (run / "last.state.safetensors").write_bytes(b"")
+    for wrong in (run / "bset", run / "best.pt", run / "bset.json"):
+        with pytest.raises(CheckpointError, match=r"no checkpoint at .*; .*run has: best, last$"):
+            load(wrong)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        load(tmp_path / "empty_dir")
+    with pytest.raises(CheckpointError, match=r"folder .*nowhere does not exist"):
+        load(tmp_path / "nowhere" / "best")
+
+
+def test_a_run_folder_is_taken_as_its_best(saved, tmp_path: Path, caplog) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    _copy(saved[0], run, "best")
+    with caplog.at_level("INFO", logger="medclass"):
+        ck = load(run)
+    assert ck.path == run / "best"
+    assert "is a run folder; using its checkpoint" in caplog.text
+    assert ckpt.resolve(run) == run / "best"
+
+
+def test_update_meta_reseals_and_keeps_the_weights(saved, tmp_path: Path) -> None:
+    stem = _copy(saved[0], tmp_path)
+    weights_before = _weights(stem).read_bytes()
+    op = {"pneumonia": {"threshold": 0.42, "rule": "youden", "chosen_on": "val"}}
+    ckpt.update_meta(stem, {"operating_point": op})
+    loaded = load(stem)  # the new seal verifies
+    assert loaded.meta["operating_point"] == op and loaded.meta["classes"] == META["classes"]
+    assert _weights(stem).read_bytes() == weights_before
+    with pytest.raises(CheckpointError, match="refusing to change classes"):
+        ckpt.update_meta(stem, {"classes": ["a", "b"]})
+    with pytest.raises(CheckpointError, match="'positive_class' is 'cow'"):
+        ckpt.update_meta(stem, {"positive_class": "cow"})
+    _weights(stem).write_bytes(weights_before[:-1] + b"\0")  # tampered weights: nothing is re-sealed
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        ckpt.update_meta(stem, {"note": "x"})

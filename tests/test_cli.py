@@ -71,3 +71,74 @@ def test_error_boundary_one_line(tmp_path, capsys, traceback):
         assert code != 0
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) >= 1 and "nope.dcm" in err[-1]
+
+
+def _fake_command(monkeypatch, run, resume: bool):
+    """Swap the inspect command's run (and maybe give it a --resume flag) for this test."""
+    import medclass.cli.inspect as inspect_cmd
+
+    monkeypatch.setattr(inspect_cmd, "run", run)
+    add = inspect_cmd.add_arguments
+
+    def add_arguments(parser):
+        add(parser)
+        if resume:
+            parser.add_argument("--resume", action="store_true")
+
+    monkeypatch.setattr(inspect_cmd, "add_arguments", add_arguments)
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_interrupted_mentions_resume_where_there_is_one(monkeypatch, capsys, tmp_path, resume):
+    def run(args):
+        raise KeyboardInterrupt
+
+    _fake_command(monkeypatch, run, resume)
+    assert main(["inspect", str(tmp_path)]) == ExitCode.INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted" in err
+    assert ("--resume" in err) is resume
+
+
+def test_library_warnings_are_one_line_each(monkeypatch, capsys, tmp_path):
+    import warnings as w
+
+    def run(args):
+        w.warn("Invalid value for VR UI:\n '1.2.x'", UserWarning, stacklevel=1)
+        return 0
+
+    _fake_command(monkeypatch, run, False)
+    previous = w.showwarning
+    with w.catch_warnings():
+        w.simplefilter("always")
+        assert main(["inspect", str(tmp_path)]) == 0
+        assert w.showwarning is previous  # restored
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("WARNING UserWarning: Invalid value for VR UI: '1.2.x' (test_cli.py:")
+
+
+def test_long_runs_of_warnings_are_summarised(monkeypatch, capsys, tmp_path):
+    import logging
+    import warnings as w
+
+    def run(args):
+        log = logging.getLogger("medclass.dataset")
+        for i in range(40):
+            log.warning("%s: skipped: %s", f"img{i}.png", "no such file")
+            w.warn(f"bad value in file {i}", UserWarning, stacklevel=1)
+        log.warning("something else")
+        return 0
+
+    _fake_command(monkeypatch, run, False)
+    with w.catch_warnings():
+        w.simplefilter("always")
+        assert main(["inspect", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert sum("skipped: no such file" in line for line in err) == 5
+    assert sum("WARNING UserWarning: bad value" in line for line in err) == 5
+    assert "something else" in "\n".join(err)
+    assert any("35 more like '%s: skipped: %s' not shown" in line for line in err), err
+    assert any(
+        line.startswith("WARNING UserWarning at test_cli.py:") and "35 more" in line for line in err
+    ), err

@@ -161,7 +161,7 @@ def test_each_explain_stage_failing_for_one_image_fails_only_that_image(ckpt, mi
     # the report stage: a PDF that cannot be written fails that study's report, not the images
     monkeypatch.undo()
 
-    def pdf_fails(report, path):
+    def pdf_fails(report, path, **kw):
         raise OSError("simulated disk problem")
 
     monkeypatch.setattr(clinician_pdf, "write_pdf", pdf_fails)

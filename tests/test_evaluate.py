@@ -429,3 +429,135 @@ def test_subgroups_use_image_thresholds_even_for_patient_level_only(val_test):
     assert list(pat.levels) == ["patient"]
     for a, b in zip(both.subgroups, pat.subgroups, strict=True):
         assert a.classes["PNEUMONIA"].sensitivity == b.classes["PNEUMONIA"].sensitivity
+
+
+# --- issue 20: positive class by name, operating point stored in the checkpoint, --by checked first -------
+def _abnormal_normal_run(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A random-init checkpoint RUN/best with classes abnormal/normal (positive: abnormal, as train records
+    it) and a manifest of 16 small PNGs in val/test with a 'site' column. Returns (run, manifest, images)."""
+    import dataclasses
+
+    import torch
+    from PIL import Image
+
+    from medclass import checkpoint
+    from medclass.model import create_model
+    from medclass.preprocess import input_spec
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["path,patient_id,split,label,site"]
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(images / f"im{i:02d}.png")
+        split, label = ("val" if i < 8 else "test"), ("abnormal" if i % 2 else "normal")
+        lines.append(f"im{i:02d}.png,p{i},{split},{label},{'A' if i % 4 < 2 else 'B'}")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    spec = input_spec("inception_v3", image_size=75)
+    meta = {"classes": ["abnormal", "normal"], "task": "multiclass", "positive_class": "abnormal",
+            "input": dataclasses.asdict(spec), "window": "auto", "fit": "letterbox", "seed": 0}  # fmt: skip
+    run = tmp_path / "run"
+    checkpoint.save(run / "best", create_model(2, image_size=75).eval(), meta)
+    return run, manifest, images
+
+
+@pytest.mark.slow
+def test_cli_evaluate_positive_class_operating_point_and_by(tmp_path, capsys):
+    import csv
+
+    from medclass import checkpoint
+
+    run, manifest, images = _abnormal_normal_run(tmp_path)
+    base = ["evaluate", "--checkpoint", str(run), "--manifest", str(manifest), "--data-root", str(images),
+            "--bootstrap", "20", "--level", "image"]  # fmt: skip
+    # an unknown --by column is refused before any prediction
+    assert main([*base, "--out", str(tmp_path / "bad"), "--by", "sexx"]) == 1
+    err = capsys.readouterr().err
+    assert "--by sexx: no such column in the manifest; columns: path, patient_id, split, label, site" in err
+    assert not (tmp_path / "bad" / "predictions.csv").exists()
+
+    out = tmp_path / "out"
+    assert main([*base, "--out", str(out), "--by", "site"]) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "is a run folder; using its checkpoint" in captured.err
+    assert "positive class: abnormal (negative: normal)" in captured.out
+    d = json.loads((out / "metrics.json").read_text())
+    assert d["positive_class"] == "abnormal" and d["reported_classes"] == ["abnormal"]
+    assert "positive class: abnormal" in (out / "report.html").read_text()
+    # the operating point travels with the model, sealed: load verifies it, score decides with it
+    threshold = d["levels"]["image"]["classes"]["abnormal"]["operating_point"]["threshold"]
+    meta = checkpoint.load(run).meta
+    op = meta["operating_point"]["abnormal"]
+    assert op["threshold"] == threshold and op["chosen_on"] == "val" and op["rule"] == "youden"
+    assert f"operating point stored in {run / 'best.json'}" in captured.out
+    scores = tmp_path / "s.csv"
+    assert (
+        main(
+            ["score", "--checkpoint", str(run / "best"), str(images), "--out", str(scores), "--workers", "0"]
+        )
+        == 0
+    )
+    out_text = capsys.readouterr().out
+    assert (
+        f"positive class abnormal; decision: the checkpoint's operating point (abnormal ≥ {threshold:.3f})"
+        in out_text
+    )
+    rows = list(csv.DictReader(scores.open()))
+    assert rows and {r["decision"] for r in rows} == {"operating_point"}
+    for r in rows:
+        p = float(r["prob:abnormal"])
+        assert r["predicted"] == ("abnormal" if p >= threshold else "normal")
+
+
+def test_default_positive_class_is_by_name_not_alphabet(val_test):
+    """abnormal/normal: the positive class is 'abnormal' (not the alphabetically last 'normal'); two
+    names that do not tell are refused with the classes listed."""
+    val, test = val_test
+    rename = {"NORMAL": "normal", "PNEUMONIA": "abnormal"}
+
+    def relabel(rows):
+        out = []
+        for r in rows:
+            r = dict(r, label=rename[r["label"]])
+            r["prob:normal"], r["prob:abnormal"] = r.pop("prob:NORMAL"), r.pop("prob:PNEUMONIA")
+            out.append(r)
+        return out
+
+    cfg = EvaluationConfig(n_bootstrap=10, level="image")
+    result = evaluate_predictions(relabel(val), relabel(test), config=cfg)
+    assert result.reported_classes == ("abnormal",) and to_dict(result)["positive_class"] == "abnormal"
+    rename = {"NORMAL": "cat", "PNEUMONIA": "dog"}
+
+    def pets(rows):
+        return [
+            {
+                k.replace("NORMAL", "cat").replace("PNEUMONIA", "dog"): v
+                for k, v in dict(r, label=rename[r["label"]]).items()
+            }
+            for r in rows
+        ]
+
+    with pytest.raises(ConfigError, match=r"which class is positive\? neither or both of cat, dog"):
+        evaluate_predictions(pets(val), pets(test), config=cfg)
+
+
+def test_cli_summary_prints_micro_auc_for_several_classes(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    classes = ("a", "b", "c")
+    rows = []
+    for split, n in (("val", 60), ("test", 90)):
+        for i in range(n):
+            k = int(rng.integers(0, 3))
+            z = rng.normal(size=3) + 1.5 * np.eye(3)[k]
+            p = np.exp(z) / np.exp(z).sum()
+            rows.append({"image_id": f"{split}{i}", "patient_id": f"{split}{i}", "split": split, "label": classes[k]}
+                        | {f"prob:{c}": float(v) for c, v in zip(classes, p, strict=True)})  # fmt: skip
+    pred = tmp_path / "p.csv"
+    write_predictions(pred, rows)
+    assert main(["evaluate", "--predictions", str(pred), "--out", str(tmp_path / "o"), "--bootstrap", "20",
+                 "--level", "image"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    micro = json.loads((tmp_path / "o" / "metrics.json").read_text())["levels"]["image"]["micro"]["auc"]
+    assert f"micro AUC {micro:.3f}" in out and "macro AUC" in out

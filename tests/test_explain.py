@@ -90,6 +90,17 @@ def test_layer_grid_matches_the_network():
     assert layer_grid(m, "Mixed_7c", 128) == (2, 2)
 
 
+def test_default_layer_gives_at_least_a_7x7_map():
+    """Issue 20: at 128 px Mixed_7c is a 2×2 map; the default layer follows the input size."""
+    from medclass.explain import default_layer, layer_grids
+
+    m = create_model(2, image_size=128)
+    expected = {299: "Mixed_7c", 224: "Mixed_6e", 160: "Mixed_6e", 128: "Mixed_5d", 75: "Mixed_5d"}
+    for size, layer in expected.items():
+        assert default_layer(m, size) == layer, size
+        assert min(layer_grids(m, size)[layer]) >= 7
+
+
 # --- the fast path gives plain grad-cam's maps -----------------------------------------------------
 @pytest.mark.parametrize("layer", ["Mixed_7c", "Mixed_6e"])
 def test_fast_maps_equal_plain_pytorch_grad_cam(model, batch, layer):

@@ -154,7 +154,7 @@ def test_outputs_per_image_and_study(runs):
     n_studies = len({r.study_uid for r in runs["data"].records})
     assert f"explained {n} image(s) in {n_studies} report(s), 1 failed" in runs["logs"]
     doc = json.loads((out / "explanations.json").read_text())
-    assert doc["method"] == "gradcam" and doc["layer"] == "Mixed_7c" and doc["grid"] == [2, 2]
+    assert doc["method"] == "gradcam" and doc["layer"] == "Mixed_5d" and doc["grid"] == [13, 13]  # fits 128 px
     assert doc["deidentified"] is True
     assert isinstance(doc["randomisation_check_spearman"], float)
     assert len(doc["images"]) == n and len(doc["errors"]) == 1
@@ -171,11 +171,11 @@ def test_outputs_per_image_and_study(runs):
         assert row["image_id"].startswith("I-") and row["patient"].startswith("P-")
     assert len({r["study_id"] for r in doc["images"]}) == n_studies
     csv_text = (out / "explanations.csv").read_text()
-    assert csv_text.splitlines()[0].startswith("image_id,study_id,patient,explained_class")
+    assert csv_text.splitlines()[0].startswith("image_id,source,frame,study_id,patient,explained_class")
     assert len(csv_text.splitlines()) == n + 1
     html = (out / doc["images"][0]["report_html"]).read_text()
     assert "NOT FOR DIAGNOSTIC USE" in html and "≥ 0.420" in html and "91.0%" in html and "83.0%" in html
-    assert "8×8" not in html and "2×2 grid" in html  # the limits paragraph states this run's resolution
+    assert "8×8" not in html and "13×13 grid" in html  # the limits paragraph states this run's resolution
     assert html.count("data:image/png;base64,") == 2 * sum(
         r["report_html"] == doc["images"][0]["report_html"] for r in doc["images"]
     )
@@ -356,3 +356,75 @@ def test_operating_points_from_an_evaluate_metrics_file():
     ops = operating_points_from_meta(merge_evaluation({"classes": ["normal", "pneumonia"]}, doc))
     assert ops == [OperatingPoint("pneumonia", 0.61, 0.93, 0.8, "the evaluation test split (624 images)")]
     assert merge_evaluation({"a": 1}, None) == {"a": 1}
+
+
+# --- issue 20: traceable outputs, a layer that fits the input, small things ---------------------------------
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory) -> dict:
+    """Three radiographs in three folders sharing one SOPInstanceUID (copies of an anonymised export),
+    with different pixels; the checkpoint records a positive class."""
+    root = tmp_path_factory.mktemp("twins")
+    data = generate_cxr_dataset(
+        root / "data", n_patients=1, images_per_patient=(1, 1), sizes=((160, 144),), seed=5
+    )
+    src = pydicom.dcmread(data.root / data.records[0].path)
+    inputs = root / "inputs"
+    for k, case in enumerate(("a", "b", "c")):
+        ds = src.copy()
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
+        arr = ds.pixel_array.astype(np.int32)
+        ds.PixelData = np.clip(np.roll(arr, 20 * k, axis=1), 0, None).astype(arr.dtype).tobytes()
+        (inputs / case).mkdir(parents=True)
+        ds.save_as(inputs / case / "img.dcm")
+    stem = _checkpoint(root)
+    checkpoint.update_meta(stem, {"positive_class": "opacity"})
+    return {"root": root, "inputs": inputs, "stem": stem, "sop": str(src.SOPInstanceUID)}
+
+
+@pytest.mark.slow
+def test_duplicate_sop_uids_get_unique_outputs_that_name_their_source(twins):
+    out = twins["root"] / "out"
+    rc, logs = _run(["explain", "--checkpoint", str(twins["stem"]), str(twins["inputs"]), "--out", str(out),
+                     "--faithfulness", "none", "--no-pdf"])  # fmt: skip
+    assert rc == ExitCode.OK, logs
+    assert {pydicom.dcmread(p).SOPInstanceUID for p in twins["inputs"].rglob("*.dcm")} == {twins["sop"]}
+    doc = json.loads((out / "explanations.json").read_text())
+    rows = doc["images"]
+    assert sorted(r["source"] for r in rows) == ["a/img.dcm", "b/img.dcm", "c/img.dcm"]
+    assert {r["frame"] for r in rows} == {0}
+    assert len({r["image_id"] for r in rows}) == 3 and len({r["overlay_png"] for r in rows}) == 3
+    overlays = {(out / r["overlay_png"]).read_bytes() for r in rows}
+    assert len(overlays) == 3  # three different images, not one overlay written thrice
+    header = (out / "explanations.csv").read_text().splitlines()[0]
+    assert header.startswith("image_id,source,frame,study_id,patient")
+    # the positive class is in the table's document and in the report's model card
+    assert doc["positive_class"] == "opacity"
+    html = (out / rows[0]["report_html"]).read_text()
+    assert "Positive class" in html and "opacity" in html
+    # the default layer fits the 128 px input: at least 7×7, not Mixed_7c's 2×2
+    assert doc["layer"] == "Mixed_5d" and min(doc["grid"]) >= 7
+    assert "saliency layer Mixed_5d: a 13×13 map at 128 px input" in logs
+
+
+@pytest.mark.slow
+def test_a_coarse_layer_by_hand_is_warned_about(twins):
+    rc, logs = _run(["explain", "--checkpoint", str(twins["stem"]), str(twins["inputs"] / "a"), "--out",
+                     str(twins["root"] / "out7c"), "--layer", "Mixed_7c", "--faithfulness", "none", "--no-pdf"])  # fmt: skip
+    assert rc == ExitCode.OK, logs
+    assert (
+        "--layer Mixed_7c gives only a 2×2 saliency map at 128 px input; --layer Mixed_5d gives 13×13" in logs
+    )
+
+
+def test_explain_on_an_empty_folder_exits_1(tmp_path):
+    (tmp_path / "empty").mkdir()
+    rc, logs = _run(["explain", "--checkpoint", str(tmp_path / "none"), str(tmp_path / "empty"), "--out",
+                     str(tmp_path / "o")])  # fmt: skip
+    assert rc == ExitCode.ERROR and "no images found in" in logs
+
+
+def test_explain_help_shows_percent_signs_once(capsys):
+    assert main(["explain", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "top-k% region" in text and "top N% of the map" in text and "%%" not in text

@@ -142,7 +142,7 @@ def ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("ck")
     torch.manual_seed(0)
     model = create_model(2, image_size=75).eval()
-    meta = {"classes": ["a", "b"], "task": "multiclass",
+    meta = {"classes": ["a", "b"], "task": "multiclass", "positive_class": "b",
             "input": dataclasses.asdict(input_spec("inception_v3", image_size=75)),
             "window": "auto", "fit": "letterbox", "seed": 0}  # fmt: skip
     checkpoint.save(d / "ck", model, meta)
@@ -166,6 +166,7 @@ def test_cli_train_refuses(tree, tmp_path, kind, cache, capsys):
     m = _manifest(root, rows, _bad_path(kind, secret), split="train")
     run = tmp_path / "run"
     code = main(["train", "--manifest", str(m), "--data-root", str(root), "--out", str(run), "--epochs", "1",
+                 "--positive-class", "b",
                  "--image-size", "75", "--batch-size", "4", "--device", "cpu", "--workers", "0",
                  "--cache", cache, "--no-progress", "--no-tensorboard"])  # fmt: skip
     err = _assert_refused(code, capsys, secret)

@@ -605,8 +605,14 @@ def test_kermany_folder_build_is_patient_split_and_check_catches_a_leak(
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("name", ["kermany_cxr.csv", "pneumoniamnist.csv"])
-def test_shipped_manifests_load_and_pass_check(shared_data, name):
+def test_shipped_manifests_load_and_pass_check(shared_data, name, monkeypatch):
     m = load_manifest(SHIPPED / name, shared_data)
+    assert m.positive_class == m.classes[1]  # recorded in <name>.meta.json: PNEUMONIA / pneumonia
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    recorded = load_manifest(SHIPPED / name)  # no --data-root: the recorded ../shared/data
+    assert recorded.root_source.startswith("recorded") and recorded.recorded_root is not None
+    if (REPO.parent / "shared" / "data").resolve() == shared_data.resolve():
+        assert recorded.data_root.resolve() == shared_data.resolve()
     assert all(not r.path.startswith("/") and ".." not in r.path.split("/") for r in m.rows)
     report = check_manifest(m)
     assert report.ok, [str(p) for p in report.problems[:5]]
@@ -662,3 +668,113 @@ def test_assign_splits_property_no_patient_straddles(groups, seed):
     assert all(len(s) == 1 for s in where.values())
     assert {"train", "test", "val"} == set(splits)
     assert splits == assign_splits(records, val=0.15, test=0.15, seed=seed)
+
+
+# --- what a manifest remembers: data root and positive class (issue 20) ------------------------------------
+def _build_folders(tmp_path: Path, classes: dict[str, int], *extra: str) -> tuple[Path, Path]:
+    root = tmp_path / "scans"
+    _folder_tree(root, classes, images_per_patient=2)
+    out = tmp_path / "manifests" / "m.csv"
+    argv = ["manifest", "build", "--from-folders", str(root), "--patient", r"regex:^(?P<patient>[^_]+)_"]
+    assert main([*argv, "--out", str(out), *extra]) == ExitCode.OK
+    return root, out
+
+
+def test_build_records_root_and_positive_class(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    root, out = _build_folders(tmp_path, {"abnormal": 12, "normal": 12})
+    assert "positive class: abnormal" in capsys.readouterr().out
+    meta = json.loads((out.parent / "m.meta.json").read_text())
+    assert meta["data_root"] == "../scans" and meta["positive_class"] == "abnormal"
+    m = load_manifest(out)  # no --data-root, no env: the recorded root, relative to the manifest
+    assert m.data_root.resolve() == root.resolve() and m.root_source.startswith("recorded")
+    assert m.positive_class == "abnormal"
+    assert main(["manifest", "check", str(out)]) == ExitCode.OK
+    assert "positive class: abnormal" in capsys.readouterr().out
+    # moved together, the relative root still holds
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "manifests").rename(moved / "manifests")
+    (tmp_path / "scans").rename(moved / "scans")
+    assert load_manifest(moved / "manifests" / "m.csv").data_root.resolve() == (moved / "scans").resolve()
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [
+        (["abnormal", "normal"], "abnormal"),
+        (["No Finding", "effusion"], "effusion"),
+        (["0", "1"], "1"),
+        (["benign", "malignant"], "malignant"),
+        (["Healthy", "sick"], "sick"),
+        (["CONTROL", "case"], "case"),
+        (["no_finding", "finding"], "finding"),
+    ],
+)
+def test_default_positive_class_is_the_non_negative_name(classes, expected):
+    from medclass.manifest import positive_class
+
+    assert positive_class(classes) == expected
+    assert positive_class(classes, classes[0]) == classes[0]  # given wins
+
+
+def test_positive_class_refuses_to_guess(tmp_path, capsys):
+    from medclass.errors import ConfigError
+    from medclass.manifest import positive_class
+
+    for classes in (["cat", "dog"], ["normal", "negative"]):
+        with pytest.raises(ConfigError, match=rf"which class is positive\? .*{classes[0]}, {classes[1]}"):
+            positive_class(classes)
+    with pytest.raises(ConfigError, match="'tumour' is not a class; classes: a, b"):
+        positive_class(["a", "b"], "tumour")
+    assert positive_class(["a", "b", "c"]) is None  # multi-class: every class is reported
+    # build leaves it undecided and says so; an explicit one is recorded
+    _, out = _build_folders(tmp_path / "x", {"cat": 12, "dog": 12})
+    assert "the names do not tell" in capsys.readouterr().err
+    assert load_manifest(out).positive_class is None
+    _, out = _build_folders(tmp_path / "y", {"cat": 12, "dog": 12}, "--positive-class", "dog")
+    assert load_manifest(out).positive_class == "dog"
+    root = tmp_path / "z"
+    _folder_tree(root, {"cat": 12, "dog": 12})
+    bad = ["manifest", "build", "--from-folders", str(root), "--out", str(tmp_path / "z.csv")]
+    assert main([*bad, "--positive-class", "cow"]) == ExitCode.ERROR
+    assert "'cow' is not a class" in capsys.readouterr().err and not (tmp_path / "z.csv").exists()
+
+
+def test_wrong_data_root_is_one_error_with_a_hint(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    root, out = _build_folders(tmp_path, {"abnormal": 12, "normal": 12})
+    capsys.readouterr()
+    wrong = tmp_path / "elsewhere"
+    wrong.mkdir()
+    assert main(["manifest", "check", str(out), "--data-root", str(wrong)]) == ExitCode.ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"only 0 of 48 files found under the data root {wrong} (--data-root)" in err[0]
+    assert f"the root recorded when it was built, {root.resolve()}, holds 48 of them" in err[0]
+    assert main(["manifest", "check", str(out), "--data-root", str(tmp_path / "nowhere")]) == ExitCode.ERROR
+    assert "is not a folder" in capsys.readouterr().err
+    # a few files lost: a summarised warning, not an error
+    from medclass.manifest import check_files
+
+    files = sorted(root.rglob("*.png"))
+    for f in files[:3]:
+        f.unlink()
+    m = load_manifest(out)
+    assert len(check_files(m)) == 3
+
+
+def test_data_warnings_catch_a_typo_and_small_splits(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    _, out = _build_folders(tmp_path, {"abnormal": 12, "normal": 12})
+    text = out.read_text().splitlines()
+    i = next(k for k, line in enumerate(text) if ",train," in line and line.endswith(",normal"))
+    text[i] = text[i].removesuffix(",normal") + ",nromal"
+    out.write_text("\n".join(text) + "\n")
+    capsys.readouterr()
+    assert main(["manifest", "check", str(out), "--no-hash"]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert f"class 'nromal' has only 1 images (line {i + 1}): a typo'd label?" in err
+    assert "split 'test' has" in err and "fewer than 10 of one kind" in err

@@ -373,3 +373,67 @@ def test_cuda_bf16_channels_last_training_step() -> None:
     assert all(torch.equal(new[k], stats[k]) for k in stats if k.startswith(("Mixed_5", "Mixed_6", "Conv2d")))
     p = TorchPredictor(model, "multiclass", device="cuda")(x)
     assert isinstance(p, np.ndarray) and p.shape == (4, 2) and model.training  # probabilities on the CPU
+
+
+# --- pretrained weights by name (timm: / hf-hub:), from a local Hugging Face cache ------------------------
+def _hf_cache(root: Path, repo: str, sd: dict[str, torch.Tensor]) -> Path:
+    """Lay ``sd`` out as huggingface_hub does: blobs/<sha256>, snapshots/<commit>/model.safetensors → blob,
+    refs/main = commit. Returns the cache folder (what $HF_HUB_CACHE names)."""
+    import hashlib
+
+    base = root / ("models--" + repo.replace("/", "--"))
+    (base / "blobs").mkdir(parents=True)
+    tmp = base / "blobs" / "incoming"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+    blob = base / "blobs" / hashlib.sha256(tmp.read_bytes()).hexdigest()
+    tmp.rename(blob)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").symlink_to(Path("..", "..", "blobs", blob.name))
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    return root
+
+
+@pytest.fixture()
+def offline_hub(monkeypatch, tmp_path: Path) -> Path:
+    """HF_HUB_OFFLINE=1 and an empty cache under tmp_path: nothing can be downloaded."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+@pytest.mark.parametrize(
+    "name", ["timm:inception_v3.tv_in1k", "timm:inception_v3", "hf-hub:timm/inception_v3.tv_in1k"]
+)
+def test_weights_by_name_come_from_the_hf_cache(imagenet_sd, offline_hub, name) -> None:
+    from medclass.weights import hub
+
+    _hf_cache(offline_hub, "timm/inception_v3.tv_in1k", imagenet_sd[1])
+    path = hub.resolve(name)
+    assert path.name == "model.safetensors" and offline_hub in path.parents
+    model = create_model(2, weights=name, image_size=128)
+    _check_transferred(model, imagenet_sd[1], 2)
+
+
+def test_weights_by_name_not_cached_and_offline_is_one_clear_line(offline_hub) -> None:
+    with pytest.raises(CheckpointError) as info:
+        create_model(2, weights="timm:inception_v3.tf_in1k")
+    msg = str(info.value)
+    assert "not in the Hugging Face cache" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert "timm/inception_v3.tf_in1k" in msg and str(offline_hub) in msg and "\n" not in msg
+
+
+def test_weights_by_name_of_another_architecture_lists_the_inception_tags(offline_hub) -> None:
+    from medclass.weights import hub
+
+    with pytest.raises(CheckpointError, match=r"inception_v3 only; use one of .*timm:inception_v3\.tv_in1k"):
+        hub.resolve("timm:resnet50.a1_in1k")
+    with pytest.raises(CheckpointError, match="not hf-hub:OWNER/REPO"):
+        hub.resolve("hf-hub:inception_v3")
+    assert hub.is_name("timm:x") and hub.is_name("hf-hub:a/b") and not hub.is_name("w/timm.pth")

@@ -3,6 +3,8 @@ model input values, and the preview command."""
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pydicom
 import pytest
@@ -396,6 +398,16 @@ def test_preview_writes_pngs_and_collects_errors(tmp_path, capsys):
     assert all("CompressedSamples" not in n and str(ds.PatientID) not in n for n in pngs)
     with PILImage.open(out / "ct_f000.png") as im:
         assert im.width > im.height > 100
+    # two files of one name in different folders: each PNG names its own input, and previews.csv maps back
+    for case in ("case1", "case2"):
+        (src / case).mkdir()
+        PILImage.fromarray(np.full((40, 40), 7 if case == "case1" else 9, np.uint8)).save(src / case / "img.png")
+    code, out = _preview(tmp_path, src)
+    assert code == ExitCode.OK
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert "case1__img_f000.png" in names and "case2__img_f000.png" in names
+    index = {r["png"]: r for r in csv.DictReader((out / "previews.csv").open())}
+    assert index["case2__img_f000.png"]["source"] == "case2/img.png" and index["ct_f000.png"]["frame"] == "0"
     code, out = _preview(tmp_path, src / "grad.png", tmp_path / "missing.dcm")
     assert code == ExitCode.PARTIAL
     err = capsys.readouterr().err

@@ -149,3 +149,13 @@ def test_every_html_page_uses_the_one_stylesheet() -> None:
     assert set(found) == {"report/html.py", "report/clinician.py", "demo/index.py"}
     assert all(s == "{CSS}" for v in found.values() for s in v), found
     assert "table.num" in CSS and ".alert" in CSS and ".imgs" in CSS
+
+
+def test_patient_note_is_a_whole_sentence_and_the_positive_class_is_shown(metrics):
+    page = render_html(metrics, {}, {})
+    assert metrics["positive_class"] == HOSTILE
+    assert f"<b>positive class: {esc(HOSTILE)}</b>" in page
+    assert (
+        "one score per patient: the mean of its images' probabilities; a patient counts as a true positive "
+        "case when any of its images is labelled positive" in page
+    )

@@ -396,6 +396,7 @@ def test_checkpoints_run_files_and_exact_resume(pngs, tmp_path):
         assert (run / name).is_file(), name
     ck = checkpoint.load(run / "best")
     assert ck.meta["classes"] == ["normal", "opacity"] and ck.meta["task"] == "multiclass"
+    assert ck.meta["positive_class"] == "opacity"  # "normal" is a negative name
     assert ck.meta["input"]["size"] == 75 and ck.meta["window"] == "auto" and ck.meta["fit"] == "letterbox"
     assert ck.meta["seed"] == 0 and set(ck.meta["versions"]) >= {"medclass", "torch", "timm"}
     assert ck.meta["metrics"]["epoch"] == full.best_epoch
@@ -565,3 +566,55 @@ def test_epoch_bar_shows_a_dash_until_the_loss_is_measured():
     bar.loss(10, 0.5)
     assert it.postfix == "loss 0.5000 val AUC 0.912"
     bar.close()
+
+
+def _relabel(manifest: Path, out: Path, mapping: dict[str, str], *, line: int | None = None) -> Path:
+    """A copy of ``manifest`` with labels renamed (only on CSV ``line`` when given)."""
+    lines = manifest.read_text().splitlines()
+    for i in range(1, len(lines)):
+        if line is None or i + 1 == line:
+            head, label = lines[i].rsplit(",", 1)
+            lines[i] = f"{head},{mapping.get(label, label)}"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_train_needs_a_positive_class_it_can_tell(pngs, tmp_path, caplog):
+    from medclass import checkpoint
+    from medclass.train import train
+
+    pets = _relabel(pngs, pngs.parent / "pets.csv", {"normal": "cat", "opacity": "dog"})
+    with pytest.raises(ConfigError, match=r"which class is positive\? neither or both of cat, dog"):
+        train(_config(pets, tmp_path / "r0"))
+    assert not (tmp_path / "r0" / "config.yaml").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="'cow' is not a class"):
+        train(_config(pets, tmp_path / "r1", positive_class="cow"))
+    with caplog.at_level(logging.INFO, logger="medclass.train"):
+        result = train(_config(pets, tmp_path / "r2", positive_class="cat"))
+    assert "positive class: cat (negative: dog; --positive-class)" in caplog.text
+    assert checkpoint.load(result.best).meta["positive_class"] == "cat"
+
+
+def test_train_refuses_a_class_without_training_images(pngs, tmp_path, caplog):
+    from medclass.errors import DataError
+    from medclass.train import train
+
+    lines = pngs.read_text().splitlines()
+    val_line = next(i + 1 for i, row in enumerate(lines) if ",val," in row)
+    typo = _relabel(pngs, pngs.parent / "typo.csv", {"normal": "nromal", "opacity": "nromal"}, line=val_line)
+    with (
+        caplog.at_level(logging.WARNING, logger="medclass.train"),
+        pytest.raises(DataError, match=r"class\(es\) 'nromal' have no training images .*--allow-empty-class"),
+    ):
+        train(_config(typo, tmp_path / "r"))
+    assert "class 'nromal' has only 1 images" in caplog.text and "a typo'd label?" in caplog.text
+
+
+def test_train_with_a_wrong_data_root_is_one_error(pngs, tmp_path):
+    from medclass.errors import ManifestError
+    from medclass.train import train
+
+    with pytest.raises(
+        ManifestError, match=r"only 0 of 12 files found under the data root .*manifest's folder"
+    ):
+        train(_config(pngs, tmp_path / "r", data_root=str(tmp_path)))

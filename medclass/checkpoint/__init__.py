@@ -38,6 +38,7 @@ from torch import nn
 
 from medclass.checkpoint.state import TrainingState, load_training_state, save_training_state
 from medclass.errors import CheckpointError
+from medclass.fileio import atomic_write_text
 from medclass.model import model_from_state_dict, unwrap
 from medclass.names import ARCHITECTURE
 from medclass.preprocess.spec import input_spec
@@ -47,11 +48,14 @@ from medclass.weights import (
     MAX_SIDECAR_BYTES,
     SUPPORTED_FORMAT_VERSIONS,
     TASKS,
+    checkpoints_in,
     commit_pair,
     commit_stem_pair,
     file_sha256,
     meta_digest,
     read_json_capped,
+    read_meta,
+    resolve,
     stem_of,
     with_suffix,
 )
@@ -156,7 +160,7 @@ def load(path: Path | str) -> Checkpoint:
     :func:`read_state_dict` refuses and for weights whose class count or layers disagree with the sidecar.
     Never executes pickled code.
     """
-    stem = stem_of(path)
+    stem = resolve(path)
     state, meta = read_state_dict(stem)
     st_path = with_suffix(stem, ".safetensors")
     num_classes = meta.get("num_classes")
@@ -174,6 +178,38 @@ def load(path: Path | str) -> Checkpoint:
     return Checkpoint(model=model, meta=meta, path=stem)
 
 
+def update_meta(path: Path | str, updates: dict[str, Any]) -> Path:
+    """Merge ``updates`` into a checkpoint's sidecar (e.g. ``operating_point`` from evaluate) and seal it
+    again; the weights are not touched. The weights are verified against the sidecar first, the result is
+    validated like :func:`save`'s, and the sidecar is replaced atomically.
+
+    Returns the sidecar's path. Raises :class:`CheckpointError` for a checkpoint :func:`load` would refuse
+    or updates that cannot be stored, and refuses to change what describes the weights (``sha256``,
+    ``size``, ``num_classes``, ``classes``, ``architecture``, ``format_version``).
+    """
+    fixed = {"sha256", "size", "num_classes", "classes", "architecture", "format_version", "meta_sha256"}
+    touched = sorted(fixed & set(updates))
+    if touched:
+        raise CheckpointError(f"refusing to change {', '.join(touched)} of a saved checkpoint", path)
+    stem = resolve(path)
+    weights, json_path = with_suffix(stem, ".safetensors"), with_suffix(stem, ".json")
+    meta = read_meta(stem)
+    if not weights.is_file() or file_sha256(weights) != meta.get("sha256"):
+        raise CheckpointError(
+            "sha256 mismatch: the weights file changed after saving; not updating its sidecar", weights
+        )
+    try:
+        merged = json.loads(json.dumps({**meta, **updates}, default=_jsonable))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"meta cannot be written as JSON ({exc})", stem) from exc
+    merged.pop("meta_sha256", None)
+    validate(merged, json_path)
+    merged["meta_sha256"] = meta_digest(merged)
+    atomic_write_text(json_path, json.dumps(merged, indent=2) + "\n")
+    log.info("updated %s (%s)", json_path, ", ".join(sorted(updates)))
+    return json_path
+
+
 __all__ = [
     "FORMAT_VERSION",
     "IMAGE_SIZE_RANGE",
@@ -182,6 +218,7 @@ __all__ = [
     "TASKS",
     "Checkpoint",
     "TrainingState",
+    "checkpoints_in",
     "commit_pair",
     "file_sha256",
     "load",
@@ -189,7 +226,9 @@ __all__ = [
     "meta_digest",
     "read_json_capped",
     "read_state_dict",
+    "resolve",
     "save",
     "save_training_state",
     "stem_of",
+    "update_meta",
 ]

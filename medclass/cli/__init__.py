@@ -19,8 +19,11 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import IntEnum
+from typing import TextIO
 
 from medclass import __version__
 from medclass.errors import MedclassError
@@ -103,16 +106,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+class RepeatFilter(logging.Filter):
+    """Let through the first ``first`` records of each message template (per logger and level), count the
+    rest; :meth:`summary` says how many were held back. Long runs of per-file warnings become a few lines
+    and a count instead of hundreds."""
+
+    def __init__(self, first: int = 5) -> None:
+        super().__init__()
+        self.first = first
+        self.held: dict[tuple[str, int, str], int] = {}
+        self.seen: dict[tuple[str, int, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        return self.admit((record.name, record.levelno, str(record.msg)))
+
+    def admit(self, key: tuple[str, int, str]) -> bool:
+        """Whether the record (or warning) called ``key`` is shown; counts it either way."""
+        n = self.seen[key] = self.seen.get(key, 0) + 1
+        if n <= self.first:
+            return True
+        self.held[key] = self.held.get(key, 0) + 1
+        return False
+
+    def summary(self) -> list[str]:
+        """One line per template that had records held back."""
+        return [
+            f"{logging.getLevelName(level)} {name}: {n} more"
+            + (f" like {msg!r}" if msg else "")
+            + " not shown (-vv shows all)"
+            for (name, level, msg), n in self.held.items()
+        ]
+
+
+def _setup_logging(verbose: int, quiet: bool) -> RepeatFilter:
     level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
     if verbose == 0 and not quiet:
         level = logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    repeats = RepeatFilter(first=5 if verbose < 2 else 10**9)
+    handler.addFilter(repeats)
     root = logging.getLogger("medclass")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    return repeats
+
+
+@contextmanager
+def _one_line_warnings(repeats: RepeatFilter) -> Iterator[None]:
+    """Show library warnings (pydicom's ``UserWarning``, ``MetricWarning``...) as one line each on stderr,
+    without the source line Python prints under them, the first few from each place (``repeats`` counts
+    the rest); the previous hook is restored afterwards."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        text = " ".join(str(message).split())
+        where = f"{os.path.basename(str(filename))}:{lineno}"
+        if not repeats.admit((f"{category.__name__} at {where}", logging.WARNING, "")):
+            return
+        print(f"WARNING {category.__name__}: {text} ({where})", file=file or sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,16 +193,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_module", None) is None:
         parser.print_help()
         return ExitCode.USAGE
-    _setup_logging(args.verbose, args.quiet)
+    repeats = _setup_logging(args.verbose, args.quiet)
     try:
-        return int(args._module.run(args))
+        with _one_line_warnings(repeats):
+            try:
+                return int(args._module.run(args))
+            finally:  # before the error line, so that stays last
+                for line in repeats.summary():
+                    print(line, file=sys.stderr)
     except MedclassError as exc:
         if args.traceback:
             raise
         print(f"medclass {args.command}: error: {exc}", file=sys.stderr)
         return ExitCode.ERROR
     except KeyboardInterrupt:
-        print(f"medclass {args.command}: interrupted", file=sys.stderr)
+        again = "; run the same command with --resume to continue" if hasattr(args, "resume") else ""
+        print(f"medclass {args.command}: interrupted{again}", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug: one line unless asked for more
         if args.traceback or os.environ.get("MEDCLASS_TRACEBACK"):

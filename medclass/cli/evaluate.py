@@ -19,6 +19,9 @@ OUT/metrics.json, OUT/predictions.csv, one PNG per figure and a self-contained O
 
 The decision threshold (and, with --temperature-scaling, the temperature) is chosen on the validation
 split only and applied unchanged to the test split. AUCs get a stratified-bootstrap and a DeLong 95% CI.
+The image-level operating point is then stored in the checkpoint's sidecar (re-sealed; --no-attach to
+skip), so `score`'s decision column and `explain` use it. A two-class task reports its positive class:
+--positive-class, else the checkpoint's, else the class not named like a negative (normal, negative...).
 
 examples:
   medclass evaluate --checkpoint runs/r1/best --manifest data_manifests/mine.csv --out reports/r1
@@ -62,7 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threshold", default="youden", help="youden, sens:T or spec:T (chosen on validation)"
     )
     parser.add_argument(
-        "--positive-class", help="class scored as positive in a two-class task (default: the second)"
+        "--positive-class",
+        help="class scored as positive in a two-class task (default: the checkpoint's, else the class not "
+        "named normal/negative/healthy/benign/control/no finding/0)",
+    )
+    parser.add_argument(
+        "--no-attach",
+        action="store_true",
+        help="do not store the validation-chosen operating point in the checkpoint's sidecar",
     )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -97,6 +107,15 @@ def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
         return rows
     if args.checkpoint is None or args.manifest is None:
         raise ConfigError("give --checkpoint and --manifest (or --predictions FILE from an earlier run)")
+    from medclass.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest, args.data_root, allow_outside_root=args.allow_outside_root)
+    missing = [c for c in args.by if c not in manifest.columns]
+    if missing:  # before any prediction
+        raise ConfigError(
+            f"--by {', '.join(missing)}: no such column in the manifest; columns: {', '.join(manifest.columns)}",
+            args.manifest,
+        )
     rows = predict_manifest(
         args.checkpoint,
         args.manifest,
@@ -122,10 +141,50 @@ def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
     return rows
 
 
+def _attach(args: argparse.Namespace, result: Any, metrics: dict[str, Any]) -> None:
+    """Store the image-level operating point in the checkpoint's sidecar (see DESCRIPTION)."""
+    from medclass import checkpoint
+
+    block = metrics["levels"].get("image")
+    if args.no_attach or args.checkpoint is None:
+        return
+    if block is None or result.temperature is not None:
+        why = (
+            "no image level was measured"
+            if block is None
+            else "its thresholds are on temperature-scaled scores"
+        )
+        print(f"operating point not stored in the checkpoint: {why}")
+        return
+    op = {}
+    for name, c in block["classes"].items():
+        p = c["operating_point"]
+        if p.get("threshold") is None:
+            continue
+        op[name] = {
+            "threshold": p["threshold"],
+            "rule": str(result.rule),
+            "chosen_on": args.val_split,
+            "sensitivity": p.get("sensitivity"),
+            "specificity": p.get("specificity"),
+            "source": f"evaluate: threshold chosen on {args.val_split!r}, rates measured on {args.split!r}",
+        }
+    if op:
+        try:
+            path = checkpoint.update_meta(args.checkpoint, {"operating_point": op})
+        except OSError as exc:  # a read-only run folder: the evaluation itself stands
+            print(f"operating point not stored in the checkpoint: {exc.strerror or exc} ({args.checkpoint})")
+            return
+        print(f"operating point stored in {path} (used by score and explain)")
+
+
 def _print_summary(metrics: dict[str, Any]) -> None:
     def f(x: Any) -> str:
         return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
+    if metrics.get("positive_class"):
+        negative = [c for c in metrics["classes"] if c != metrics["positive_class"]]
+        print(f"positive class: {metrics['positive_class']} (negative: {', '.join(negative)})")
     print(f"threshold rule: {metrics['threshold_rule']['rule']} (chosen on validation)")
     for level, block in metrics["levels"].items():
         print(f"{level} level (test n={block['n_test']}):")
@@ -145,6 +204,9 @@ def _print_summary(metrics: dict[str, Any]) -> None:
         m = block["macro"]
         if len(block["classes"]) > 1:
             print(f"  macro AUC {f(m['auc'])} [{f(m['auc_ci_low'])}, {f(m['auc_ci_high'])}]")
+        mi = block.get("micro")
+        if mi:
+            print(f"  micro AUC {f(mi['auc'])} [{f(mi['auc_ci_low'])}, {f(mi['auc_ci_high'])}]")
     for w in metrics.get("warnings", []):
         print(f"warning: {w}")
 
@@ -161,7 +223,17 @@ def run(args: argparse.Namespace) -> int:
     )
     from medclass.fileio import atomic_write_text
     from medclass.report import write_evaluation
+    from medclass.weights import read_meta, resolve
 
+    if args.checkpoint is not None:
+        args.checkpoint = resolve(args.checkpoint)  # a run folder means RUN/best (logged)
+    positive = args.positive_class
+    if args.checkpoint is not None and args.predictions is None:  # settled before any prediction
+        from medclass.manifest import positive_class
+
+        meta = read_meta(args.checkpoint)
+        classes, task = list(meta.get("classes") or []), str(meta.get("task", "multiclass"))
+        positive = positive_class(classes, positive, recorded=meta.get("positive_class"), task=task)
     config = EvaluationConfig(
         threshold=args.threshold,
         n_bootstrap=args.bootstrap,
@@ -172,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         by=tuple(args.by),
         n_bins=args.bins,
         temperature_scaling=args.temperature_scaling,
-        positive_class=args.positive_class,
+        positive_class=positive,
     )
     config.validate()  # bad settings fail before any model work
     facts: dict[str, Any] = {}
@@ -199,5 +271,6 @@ def run(args: argparse.Namespace) -> int:
     }
     atomic_write_text(args.out / "operating_point.json", json.dumps(operating, indent=2) + "\n")
     _print_summary(metrics)
+    _attach(args, result, metrics)
     print(f"report: {paths['report']}")
     return ExitCode.OK

@@ -13,9 +13,16 @@ HELP = "saliency maps and clinician reports (HTML, PDF, DICOM Secondary Capture)
 DESCRIPTION = """\
 Explain a checkpoint's predictions on images with a Grad-CAM-family method (pytorch-grad-cam). PATHs are
 files or folders (walked recursively; DICOM, NIfTI, PNG/JPEG). For each image OUT gets an overlay PNG
-(with colour bar and the top-k%% region outlined) and, with --dicom and a DICOM source, a Secondary
+(with colour bar and the top-k% region outlined) and, with --dicom and a DICOM source, a Secondary
 Capture in a new series of the source study; for each study a self-contained HTML report and a PDF;
-plus OUT/explanations.json, OUT/explanations.csv and OUT/index.html.
+plus OUT/explanations.json, OUT/explanations.csv and OUT/index.html. Each row names its source (the
+path relative to the PATH it was found under) and frame; output names are unique per input image, also
+when files share a SOPInstanceUID.
+
+The default --layer is the deepest Inception block whose map is at least 7×7 at the checkpoint's input
+size (Mixed_7c at 299 px, Mixed_6e at 224, Mixed_5d at 128); a coarser layer given by hand is warned
+about, naming the one to use. The two-class positive class and the operating point that `evaluate`
+stored in the checkpoint are shown in every report.
 
 De-identified by default: reports, file names, tables and logs carry a pseudonym of the patient ID, never
 the name, ID, birth date or accession number; --include-phi opts in. DICOM outputs keep the study's
@@ -51,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--method", default="gradcam", help="saliency method (gradcam, gradcam++, hirescam, ...)"
     )
     parser.add_argument(
-        "--layer", default="Mixed_7c", help="target layer (Mixed_7c, Mixed_6e, Mixed_5d, ...)"
+        "--layer",
+        default=None,
+        help="target layer (Mixed_7c, Mixed_6e, Mixed_5d, ...; default: the deepest with a map ≥ 7×7)",
     )
     parser.add_argument("--target", help="class to explain, by name or index (default: the predicted class)")
     parser.add_argument("--dicom", action="store_true", help="also write DICOM Secondary Capture overlays")
@@ -108,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from medclass.cli import ExitCode
     from medclass.errors import ConfigError, look_up
     from medclass.explain import CAM_METHODS, FAITHFULNESS_METRICS, TARGET_LAYERS, Explainer
+    from medclass.explain.cam import choose_layer
     from medclass.explain.regions import DEFAULT_MAX_REGIONS, DEFAULT_THRESHOLD
     from medclass.explain.runner import ExplainRun, Settings
 
@@ -118,10 +128,16 @@ def run(args: argparse.Namespace) -> int:
     pacs_args.check_paths(args, "explain")
     pushers = pacs_args.pushers(args)
     look_up(CAM_METHODS, args.method, "saliency method")
-    look_up(TARGET_LAYERS, args.layer, "target layer")
+    if args.layer is not None:
+        look_up(TARGET_LAYERS, args.layer, "target layer")
     if args.faithfulness != "none":
         look_up(FAITHFULNESS_METRICS, args.faithfulness, "faithfulness metric")
+    ingest.get_slice_policy(args.slice_policy)  # an unknown name is a bad command line, before any work
+    sources = None if args.dicomweb else ingest.discover(args.paths)
+    if sources is not None and not sources:  # like score and inspect: nothing to do is an error, early
+        raise ConfigError(f"no images found in {', '.join(map(str, args.paths))}")
     ckpt = checkpoint.load(args.checkpoint)
+    args.layer = choose_layer(ckpt, args.layer)
     classes = ckpt.classes or [str(i) for i in range(int(ckpt.meta.get("num_classes", 0)))]
     target = None
     if args.target is not None:
@@ -161,10 +177,10 @@ def run(args: argparse.Namespace) -> int:
     explainer = Explainer(
         ckpt.model, method=args.method, layer=args.layer, batch_size=args.batch_size, task=ckpt.task
     )
-    job = ExplainRun(ckpt, explainer, settings, args.out, metrics_doc)
+    job = ExplainRun(ckpt, explainer, settings, args.out, metrics_doc, inputs=[Path(p) for p in args.paths])
     pacs = _pull_from_pacs(args, job, pushers) if args.dicomweb else None
-    ingest.get_slice_policy(args.slice_policy)  # an unknown name is a bad command line, before any work
-    sources = ingest.discover(args.paths)
+    if sources is None:  # pulled from a PACS into OUT/.pull
+        sources = ingest.discover(args.paths)
     for source in sources:  # decode failures are per image: a corrupt slice fails alone
         for item in ingest.load_each(source, slice_policy=args.slice_policy):
             if isinstance(item, ingest.Failed):
@@ -177,8 +193,11 @@ def run(args: argparse.Namespace) -> int:
     if pacs is not None:
         pacs.push(job, on_study=lambda r: print(r.line(), file=sys.stderr, flush=True))
     n_ok, n_err = len(job.rows), len(job.errors)
-    for err in job.errors:
+    shown = 5  # the first few failures, then a count (a wrong folder can fail hundreds)
+    for err in job.errors[:shown]:
         print(f"failed: {err['where']}: {err['kind']}: {err['message']}")
+    if n_err > shown:
+        print(f"... and {n_err - shown} more failed (listed in {args.out / 'explanations.json'})")
     no_dicom = sum(1 for r in job.rows if r.get("dicom_note"))
     print(
         f"explained {n_ok} image(s) in {len(job.studies)} report(s), {n_err} failed "

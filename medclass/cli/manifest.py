@@ -22,8 +22,10 @@ Sources (pick one):
                                       (--key patient) or StudyInstanceUID (--key study)
   --from-npz FILE                     a MedMNIST .npz; official splits kept, frame = image index
 
-Paths are written relative to --data-root (default: the source folder). When loading a manifest the
-data root is --data-root, else $MEDCLASS_DATA_ROOT, else the manifest's own folder.
+Paths are written relative to --data-root (default: the source folder), which is recorded beside the
+manifest (OUT.meta.json, relative to OUT's folder) together with the positive class of a two-class
+manifest. When loading a manifest the data root is --data-root, else $MEDCLASS_DATA_ROOT, else the
+recorded root, else the manifest's own folder.
 
 Examples:
   medclass manifest build --from-folders data/xray --patient kermany --out data_manifests/xray.csv
@@ -99,7 +101,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     other.add_argument("--id-prefix", default=None, help="--from-npz: per-image patient id prefix")
     out = b.add_argument_group("output and split")
     out.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
-    out.add_argument("--data-root", type=Path, default=None, help="paths are written relative to it")
+    out.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="paths are written relative to it; recorded in OUT's .meta.json so later commands find it",
+    )
+    out.add_argument(
+        "--positive-class",
+        default=None,
+        metavar="NAME",
+        help="two-class manifests: the class scored as positive (default: the class whose name is not "
+        "normal/negative/healthy/benign/control/no finding/0; refused when the names do not tell)",
+    )
     out.add_argument("--val", type=float, default=0.15, help="fraction of patients for validation")
     out.add_argument("--test", type=float, default=0.15, help="fraction of patients for test")
     out.add_argument("--seed", type=int, default=0)
@@ -118,7 +132,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     c.add_argument("manifest", type=Path)
     c.add_argument(
-        "--data-root", type=Path, default=None, help="default: $MEDCLASS_DATA_ROOT or the manifest's folder"
+        "--data-root",
+        type=Path,
+        default=None,
+        help="default: $MEDCLASS_DATA_ROOT, the root recorded at build time, or the manifest's folder",
     )
     c.add_argument("--classes", type=_csv_list, default=None, metavar="A,B", help="the allowed labels")
     c.add_argument("--no-hash", action="store_true", help="skip the file-content comparison")
@@ -144,12 +161,16 @@ def run(args: argparse.Namespace) -> ExitCode:
 def _build(args: argparse.Namespace) -> ExitCode:
     from medclass.errors import ConfigError
     from medclass.manifest import (
+        data_warnings,
         from_dicom_tree,
         from_folders,
         from_labels_csv,
         from_npz,
+        load_manifest,
+        positive_class,
         with_splits,
         write_manifest,
+        write_meta,
     )
 
     chosen = [n for n in ("from_folders", "dicom_tree", "from_npz") if getattr(args, n)]
@@ -193,17 +214,40 @@ def _build(args: argparse.Namespace) -> ExitCode:
     if not args.from_npz:  # .npz files keep their official split
         group = "study_id" if args.group == "study" else "patient_id"
         records = with_splits(records, val=args.val, test=args.test, seed=args.seed, group=group)
+    findings = [k for k in records[0] if k.startswith("finding:")] if records else []
+    classes = [k.removeprefix("finding:") for k in findings] or sorted({str(r["label"]) for r in records})
+    task = "multilabel" if findings else "multiclass"
+    try:  # a bad --positive-class is refused before anything is written
+        positive = positive_class(classes, args.positive_class, task=task)
+    except ConfigError:
+        if args.positive_class is not None:
+            raise
+        positive = None  # undecided: train asks for --positive-class
     write_manifest(args.out, records)
+    write_meta(args.out, data_root=Path(root), classes=classes, positive=positive)
     _print_skipped(collected.skipped)
     _print_summary(records, title=f"{args.out} ({len(records)} images, paths relative to {root})")
+    if positive is not None:
+        print(f"positive class: {positive} (recorded in {args.out.stem}.meta.json)")
+    elif task == "multiclass" and len(classes) == 2:
+        print(
+            f"warning: which of {', '.join(classes)} is positive? the names do not tell; give "
+            "--positive-class NAME here (or to train)",
+            file=sys.stderr,
+        )
+    for w in data_warnings(load_manifest(args.out, root)):
+        print(f"warning: {w}", file=sys.stderr)
     return ExitCode.OK
 
 
 def _check(args: argparse.Namespace) -> ExitCode:
-    from medclass.manifest import check_manifest, load_manifest
+    from medclass.manifest import check_files, check_manifest, data_warnings, load_manifest
 
     manifest = load_manifest(args.manifest, args.data_root, allow_outside_root=args.allow_outside_root)
+    check_files(manifest, warn=False)  # a wrong data root is one error, not a problem per line
     report = check_manifest(manifest, classes=args.classes, hash_content=not args.no_hash, group=args.group)
+    for w in data_warnings(manifest):
+        print(f"{manifest.path}: warning: {w}", file=sys.stderr)
     if not report.ok:
         print(
             f"{manifest.path}: {len(report.problems)} problem(s) (data root {manifest.data_root})",
@@ -221,6 +265,9 @@ def _check(args: argparse.Namespace) -> ExitCode:
         title=f"{manifest.path}: OK ({len(manifest)} images, {manifest.task}, "
         f"{report.files_hashed} same-size files hashed, sha256 {manifest.sha256[:12]})",
     )
+    print(f"data root: {manifest.data_root} ({manifest.root_source})")
+    if manifest.positive_class is not None:
+        print(f"positive class: {manifest.positive_class} (recorded)")
     return ExitCode.OK
 
 

@@ -23,8 +23,10 @@ viewer shows it (windowed, MONOCHROME1 inverted, full resolution), on the right 
 receives (the normalised input de-normalised back to 0..1). The title gives the window (source,
 centre/width, function) and the geometry (original size, fit, scale, padding or crop).
 
-PNG names are the source file name (without its extension) and the frame index, e.g.
-CT.1.2.3_f000.png; patient IDs are shown only as pseudonyms.
+PNG names say which input they came from: the file's path relative to the folder given (folders joined
+by "__", extension dropped) and the frame index, e.g. case17__CT.1.2.3_f000.png for case17/CT.1.2.3.dcm
+under a folder argument; OUT/previews.csv lists each PNG with its source path and frame. Patient IDs
+are shown only as pseudonyms.
 
 Windows: auto (VOI LUT, else header window, else percentiles), header, header:N, voi-lut, percentile,
 percentile:LOW,HIGH, minmax, the CT presets lung, mediastinum, abdomen, bone, brain, or "C/W" numbers.
@@ -55,9 +57,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, help="input size (default: the model's, 299)")
 
 
+def relative_source(source: str | Path, inputs: list[Path]) -> str:
+    """``source`` relative to the folder argument it was found under (POSIX), else its file name."""
+    path = Path(source)
+    for folder in inputs:
+        if folder.is_dir():
+            try:
+                return path.relative_to(folder).as_posix()
+            except ValueError:
+                continue
+    return path.name
+
+
 def png_name(source: str, index: int, taken: set[str]) -> str:
-    """``<file name without extension>_f<index>.png``, made unique within ``taken`` (which it updates)."""
-    stem = _STRIP.sub("", Path(source).name) or "image"
+    """``<relative path, folders joined by __, without extension>_f<index>.png``, made unique within
+    ``taken`` (which it updates)."""
+    stem = "__".join(_STRIP.sub("", part) for part in Path(source).parts if part not in ("/", "")) or "image"
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
     name, n = f"{stem}_f{index:03d}.png", 2
     while name in taken:
@@ -128,12 +143,14 @@ def run(args: argparse.Namespace) -> ExitCode:
     args.out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     written, failed = 0, 0
+    index: list[dict[str, Any]] = []
     for source in sources:
         for item in load_each(source, slice_policy=slice_policy):  # a corrupt slice fails alone
             if isinstance(item, Failed):
                 where, exc = item.path, item.error
             else:
-                name = png_name(item.meta.source or source.path, item.meta.index, taken)
+                rel = relative_source(item.meta.source or source.path, list(args.paths))
+                name = png_name(rel, item.meta.index, taken)
                 try:
                     render(item, preprocessor, args.out / name, name)
                 except Exception as exc_:  # preprocess/render failure: this image's error, the run goes on
@@ -141,6 +158,7 @@ def run(args: argparse.Namespace) -> ExitCode:
                         raise
                     where, exc = item.meta.source or source.path, exc_
                 else:
+                    index.append({"png": name, "source": rel, "frame": item.meta.index})
                     written += 1
                     log.debug("%s: wrote %s", source, name)
                     continue
@@ -150,6 +168,10 @@ def run(args: argparse.Namespace) -> ExitCode:
             message = describe(exc)
             print(f"FAILED {message if where in message else f'{where}: {message}'}", file=sys.stderr)
             log.warning("%s failed: %s", where, message)
+    if index:
+        from medclass.fileio import write_csv
+
+        write_csv(args.out / "previews.csv", index, ["png", "source", "frame"])
     print(
         f"wrote {written} PNG(s) to {args.out}; {failed} image(s) of {len(sources)} input(s) failed",
         file=sys.stderr if failed else sys.stdout,

@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> ExitCode:
             f"ray: {len(s['decoded_by_node'])} node(s) decoded, {len(s['scored_by_node'])} scored; blocks "
             f"decoded per node {_per_node(s['decoded_by_node'])}, scored per node {_per_node(s['scored_by_node'])}"
         )
+    print(report.decision)
     for err in c.errors[:3]:
         print(f"  failed: {err}", file=sys.stderr)
     return ExitCode.PARTIAL if report.failed_in_output else ExitCode.OK

@@ -40,8 +40,11 @@ Examples:
   # full run at the model's native 299 px, settings in a file, fixed seed
   medclass train --config train.yaml --manifest data_manifests/kermany_cxr.csv --out runs/k299 --seed 1
 
-  # linear probe on top of local ImageNet weights (never downloaded)
+  # linear probe on top of local ImageNet weights
   medclass train --manifest m.csv --out runs/probe --weights weights/inception_v3.safetensors --mode linear
+
+  # timm's ImageNet weights by name, from the Hugging Face cache (offline once cached: HF_HUB_OFFLINE=1)
+  medclass train --manifest m.csv --out runs/tv --weights timm:inception_v3.tv_in1k --mode partial
 
   # continue an interrupted run with the same settings
   medclass train --out runs/k299 --resume
@@ -58,6 +61,24 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         {"metavar": "CSV", "help": "manifest CSV (path, patient_id, split, label|finding:*)"},
     ),
     ("--out", "out", {"metavar": "RUN_DIR", "help": "run folder for checkpoints, metrics and config"}),
+    (
+        "--positive-class",
+        "positive_class",
+        {
+            "metavar": "NAME",
+            "help": "two-class tasks: the positive class, stored in the checkpoint (default: the one "
+            "recorded in the manifest, else the class not named normal/negative/healthy/benign/"
+            "control/no finding/0; refused when the names do not tell)",
+        },
+    ),
+    (
+        "--allow-empty-class",
+        "allow_empty_class",
+        {
+            "action": "store_true",
+            "help": "train although a class has no training images (refused by default)",
+        },
+    ),
     ("--data-root", "data_root", {"metavar": "DIR", "help": "folder the manifest's paths are relative to"}),
     (
         "--allow-outside-root",
@@ -72,9 +93,10 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         "--weights",
         "weights",
         {
-            "metavar": "PATH",
-            "help": "local pretrained weights (timm/torchvision state dict, "
-            ".safetensors or a medclass checkpoint)",
+            "metavar": "PATH|NAME",
+            "help": "pretrained weights: a local timm/torchvision state dict, .safetensors or medclass "
+            "checkpoint, or a name, timm:inception_v3.tv_in1k / hf-hub:timm/inception_v3.tv_in1k, taken from "
+            "the Hugging Face cache (downloaded into it once unless HF_HUB_OFFLINE=1)",
         },
     ),
     ("--epochs", "epochs", {"type": int}),

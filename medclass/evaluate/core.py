@@ -17,6 +17,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from medclass.errors import ConfigError, DataError, look_up
 from medclass.evaluate.table import PredictionTable, prediction_table
+from medclass.manifest.meta import positive_class
 from medclass.metrics import (
     AGGREGATORS,
     DEFAULT_FPR_GRID,
@@ -164,13 +165,10 @@ def _as_table(
 
 
 def _reported(classes: tuple[str, ...], task: str, positive: str | None) -> tuple[str, ...]:
-    if positive is not None:
-        if positive not in classes:
-            raise ConfigError(f"positive class {positive!r} is not a class; classes: {', '.join(classes)}")
-        return (positive,)
-    if task == "multiclass" and len(classes) == 2:
-        return (classes[1],)  # binary: the second class is the positive one, as in scikit-learn
-    return classes
+    """The positive class alone for a two-class task (given, else the class not named like a negative;
+    :func:`medclass.manifest.positive_class` refuses to guess), else every class."""
+    chosen = positive_class(classes, positive, task=task)
+    return classes if chosen is None else (chosen,)
 
 
 def _class_result(

@@ -61,7 +61,7 @@ def predict_manifest(
     from torch.utils.data import DataLoader
 
     from medclass import checkpoint as checkpoints
-    from medclass.manifest import load_manifest
+    from medclass.manifest import check_files, load_manifest
     from medclass.model.predictor import TorchPredictor
     from medclass.preprocess import Preprocessor
     from medclass.preprocess.dataset import CachedDataset
@@ -76,6 +76,7 @@ def predict_manifest(
             classes=classes if task == "multiclass" else None,
             allow_outside_root=allow_outside_root,
         )
+    check_files(manifest, [r for s in splits for r in manifest.split(s)])  # before any decoding
     if list(manifest.classes) != classes or str(manifest.task) != task:
         raise DataError(
             f"the manifest has {manifest.task} classes {list(manifest.classes)} but the checkpoint was trained "

@@ -4,7 +4,7 @@ Undefined values (NaN: a class absent from a split, a rate with a zero denominat
 ``schema`` is bumped on incompatible changes. Layout (``<C>``: a reported class; a two-class task reports
 its positive class only, otherwise every class or finding)::
 
-    schema, medclass_version, task ("multiclass"|"multilabel"), classes, reported_classes,
+    schema, medclass_version, task ("multiclass"|"multilabel"), classes, reported_classes, positive_class,
     config {threshold, n_bootstrap, seed, alpha, level, aggregate, group_column, by, n_bins, ...},
     threshold_rule {rule, description, chosen_on: "validation"}, temperature (T or null),
     splits {validation, test}                      (added by the CLI)
@@ -184,6 +184,9 @@ def to_dict(result: EvaluationResult) -> dict[str, Any]:
         "task": result.task,
         "classes": list(result.classes),
         "reported_classes": list(result.reported_classes),
+        "positive_class": (
+            result.reported_classes[0] if result.task == "multiclass" and len(result.classes) == 2 else None
+        ),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
         "threshold_rule": {"rule": rule, "description": description, "chosen_on": "validation"},
         "temperature": _num(result.temperature) if result.temperature is not None else None,

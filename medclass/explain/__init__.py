@@ -12,7 +12,16 @@
 
 from __future__ import annotations
 
-from medclass.explain.cam import CAM_METHODS, TARGET_LAYERS, Explainer, Saliency, layer_grid
+from medclass.explain.cam import (
+    CAM_METHODS,
+    MIN_GRID,
+    TARGET_LAYERS,
+    Explainer,
+    Saliency,
+    default_layer,
+    layer_grid,
+    layer_grids,
+)
 from medclass.explain.faithfulness import FAITHFULNESS_METRICS, faithfulness, randomisation_check
 from medclass.explain.overlay import COLORMAPS, Overlay, overlay_figure_png, to_original, top_region
 
@@ -20,12 +29,15 @@ __all__ = [
     "CAM_METHODS",
     "COLORMAPS",
     "FAITHFULNESS_METRICS",
+    "MIN_GRID",
     "TARGET_LAYERS",
     "Explainer",
     "Overlay",
     "Saliency",
+    "default_layer",
     "faithfulness",
     "layer_grid",
+    "layer_grids",
     "overlay_figure_png",
     "randomisation_check",
     "to_original",

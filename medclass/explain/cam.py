@@ -25,6 +25,7 @@ import logging
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,6 +114,40 @@ def layer_grid(model: nn.Module, layer: str, image_size: int) -> tuple[int, int]
         finally:
             handle.remove()
     return shape[0]
+
+
+MIN_GRID = 7  # the default layer gives a saliency map of at least this many cells per side
+
+
+def layer_grids(model: nn.Module, image_size: int) -> dict[str, tuple[int, int]]:
+    """The (rows, cols) of every :data:`TARGET_LAYERS` output for a square ``image_size`` input (one dry
+    run on zeros, hooks removed and the model's flags restored afterwards)."""
+    bare = bare_model(model)
+    shapes: dict[str, tuple[int, int]] = {}
+    handles = [
+        get(bare).register_forward_hook(
+            lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[-2:]))
+        )
+        for name, get in TARGET_LAYERS.items()
+    ]
+    with _restored(model), torch.no_grad():
+        model.eval()
+        try:
+            MainLogits(model)(torch.zeros(1, 3, image_size, image_size))
+        finally:
+            for h in handles:
+                h.remove()
+    return shapes
+
+
+def default_layer(model: nn.Module, image_size: int, min_grid: int = MIN_GRID) -> str:
+    """The deepest target layer whose map is at least ``min_grid`` × ``min_grid`` at ``image_size``
+    (``Mixed_7c`` at 299 px, ``Mixed_6e`` at 224, ``Mixed_5d`` at 128); the finest one when none is."""
+    grids = layer_grids(model, image_size)
+    for name in TARGET_LAYERS:  # deepest first
+        if min(grids[name]) >= min_grid:
+            return name
+    return max(grids, key=lambda n: min(grids[n]))
 
 
 @dataclass(frozen=True)
@@ -249,3 +284,26 @@ class Explainer:
             return int(fc.out_features)
         assert isinstance(weight, torch.Tensor), "Inception V3 ends in a layer with weights"
         return int(weight.shape[0])
+
+
+def choose_layer(ckpt: Any, layer: str | None) -> str:
+    """The saliency layer: ``layer`` when given (warned about when its map is coarser than
+    :data:`~medclass.explain.MIN_GRID`, naming the layer to use), else the deepest layer whose map is at
+    least that fine at the checkpoint's input size (logged)."""
+    from medclass.preprocess import Preprocessor
+
+    size = Preprocessor.from_meta(ckpt.meta).spec.size
+    grids = layer_grids(ckpt.model, size)
+    best = default_layer(ckpt.model, size)
+    if layer is None:
+        h, w = grids[best]
+        log.info("saliency layer %s: a %d×%d map at %d px input (--layer to change)", best, h, w, size)
+        return best
+    h, w = grids[layer]
+    if min(h, w) < MIN_GRID and layer != best:
+        bh, bw = grids[best]
+        log.warning(
+            "--layer %s gives only a %d×%d saliency map at %d px input; --layer %s gives %d×%d",
+            layer, h, w, size, best, bh, bw,
+        )  # fmt: skip
+    return layer

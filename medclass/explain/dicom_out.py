@@ -163,9 +163,10 @@ def _modality(src: Dataset) -> str:
 
 
 def write_dataset(ds: Dataset, path: str | Path) -> Path:
-    """Write ``ds`` as a DICOM Part 10 file, atomically. Returns the path."""
+    """Write ``ds`` as a DICOM Part 10 file, atomically, owner-only (0600: it carries the patient module).
+    Returns the path."""
     path = Path(path)
-    with atomic_write(path, "wb") as fh:
+    with atomic_write(path, "wb", private=True) as fh:
         ds.save_as(fh, enforce_file_format=True)
     log.debug("wrote %s", path.name)
     return path

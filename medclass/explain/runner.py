@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass import __version__
+from medclass.explain.naming import image_ids, relative_source
 from medclass.names import PROB_PREFIX
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,6 @@ class _Study:
     sr_series_uid: str = ""
 
 
-def _image_ids(meta: Any) -> tuple[str, str]:
-    """(image id, study id): pseudonyms, safe for file names and de-identified outputs."""
-    from medclass.phi import pseudonym
-
-    image_key = meta.sop_uid or f"{meta.source}#{meta.index}"
-    if meta.n_frames > 1 and meta.sop_uid:
-        image_key = f"{meta.sop_uid}#{meta.index}"
-    study_key = meta.study_uid or meta.source
-    return pseudonym(image_key, prefix="I"), pseudonym(study_key, prefix="S")
-
-
 def _description(meta: Any) -> str:
     parts = [meta.modality, meta.view_position, meta.body_part.lower() if meta.body_part else ""]
     text = " ".join(p for p in parts if p) or meta.format.upper()
@@ -74,7 +64,13 @@ class ExplainRun:
     """Collects images, explains them in batches, and writes every output of ``medclass explain``."""
 
     def __init__(
-        self, ckpt: Any, explainer: Any, settings: Settings, out: Path, metrics_doc: Any = None
+        self,
+        ckpt: Any,
+        explainer: Any,
+        settings: Settings,
+        out: Path,
+        metrics_doc: Any = None,
+        inputs: list[Path] | None = None,
     ) -> None:
         from medclass.explain import Overlay, layer_grid
         from medclass.preprocess import Preprocessor
@@ -83,6 +79,9 @@ class ExplainRun:
         self.ckpt, self.explainer, self.s, self.out = ckpt, explainer, settings, Path(out)
         meta = ckpt.meta
         self.classes = ckpt.classes or [str(i) for i in range(int(meta.get("num_classes", 0)))]
+        self.inputs = list(inputs or [])
+        self.taken: set[str] = set()
+        self.positive_class = meta.get("positive_class")
         self.window = meta.get("window", "auto")
         self.preprocessor = Preprocessor.from_meta(meta)
         spec = self.preprocessor.spec
@@ -103,6 +102,7 @@ class ExplainRun:
             task=ckpt.task,
             input_size=spec.size,
             software=f"medclass {__version__}",
+            positive_class=str(self.positive_class or ""),
         )
         if meta.get("intended_use"):
             self.card = replace(self.card, intended_use=str(meta["intended_use"]))
@@ -204,17 +204,19 @@ class ExplainRun:
         from medclass.report.clinician import ImageSection
 
         meta = image.meta
-        image_id, study_id = _image_ids(meta)
+        image_id, study_id = image_ids(meta, self.taken)
         saliency = np.nan_to_num(to_original(smap, prepared.geometry), nan=0.0)  # H×W on the original grid
         display = display_image(image, self.window)
         rgb = self.overlay(display, saliency)
         figure = overlay_figure_png(rgb, colormap=self.s.colormap, top_percent=self.s.top_percent)
         overlay_path = self.out / f"{image_id}_overlay.png"
-        atomic_write_bytes(overlay_path, figure)
+        atomic_write_bytes(overlay_path, figure, private=self.s.include_phi)
         written.append(overlay_path)
         study = self.studies.get(study_id) or _Study(study_id, self._patient_fields(meta))
         row: dict[str, Any] = {
             "image_id": image_id,
+            "source": relative_source(meta.source, self.inputs),
+            "frame": meta.index,
             "study_id": study_id,
             "patient": pseudonym(meta.patient_id) or "",
             "explained_class": self.classes[target],
@@ -228,7 +230,7 @@ class ExplainRun:
             "sr": "",
         }
         if self.s.include_phi:
-            row |= {"source": meta.source, "sop_uid": meta.sop_uid, "study_uid": meta.study_uid}
+            row |= {"sop_uid": meta.sop_uid, "study_uid": meta.study_uid}
         if self.s.dicom and meta.format != "dicom":  # said per image; not an error
             row["dicom_note"] = f"no DICOM output: the source is {meta.format.upper()}, not DICOM"
             log.info("%s: %s", image_id, row["dicom_note"])
@@ -341,10 +343,13 @@ class ExplainRun:
                 colormap=self.s.colormap,
                 region_threshold=self.s.region_threshold if self.s.regions else None,
             )
+            phi = self.s.include_phi  # reports with names and IDs stay owner-only (0600)
             try:
-                atomic_write_text(self.out / f"{study.report_id}_report.html", render_html(report))
+                atomic_write_text(
+                    self.out / f"{study.report_id}_report.html", render_html(report), private=phi
+                )
                 if self.s.pdf:
-                    write_pdf(report, self.out / f"{study.report_id}_report.pdf")
+                    write_pdf(report, self.out / f"{study.report_id}_report.pdf", private=phi)
             except Exception as exc:  # this study's report fails; its images keep their other outputs
                 self.fail(f"{study.report_id}_report", exc, "report")
                 for row in self.rows:
@@ -356,6 +361,7 @@ class ExplainRun:
             "layer": self.s.layer,
             "grid": list(self.grid),
             "input_size": self.size,
+            "positive_class": self.positive_class,
             "model_sha256": self.card.model_sha256,
             "randomisation_check_spearman": self.card.randomisation_check,
             "region_threshold": self.s.region_threshold if self.s.regions else None,
@@ -367,9 +373,10 @@ class ExplainRun:
         atomic_write_text(
             self.out / "explanations.json",
             json.dumps(doc, indent=2, allow_nan=False, default=_nan_none) + "\n",
+            private=self.s.include_phi,
         )
         fields = [k for k in dict.fromkeys(k for r in self.rows for k in r) if k != "regions"] or ["image_id"]
-        write_csv(self.out / "explanations.csv", self.rows, fields)
+        write_csv(self.out / "explanations.csv", self.rows, fields, private=self.s.include_phi)
         atomic_write_text(
             self.out / "index.html", render_index(self.rows, errors, self.s.method, self.s.layer)
         )

@@ -7,7 +7,9 @@ MedMNIST files into records; ``with_splits`` assigns patient-grouped, stratified
 
 from __future__ import annotations
 
-from medclass.manifest.check import CheckReport, Problem, check_manifest, sha256_file
+from medclass.manifest.check import CheckReport, Problem, check_manifest, data_warnings, sha256_file
+from medclass.manifest.meta import NEGATIVE_NAMES, is_negative_name, meta_path, positive_class, write_meta
+from medclass.manifest.preflight import check_files
 from medclass.manifest.sources import (
     PATIENT_RULES,
     Collected,
@@ -34,6 +36,7 @@ from medclass.manifest.table import (
 __all__ = [
     "DATA_ROOT_ENV",
     "FINDING_PREFIX",
+    "NEGATIVE_NAMES",
     "PATIENT_RULES",
     "SPLITS",
     "CheckReport",
@@ -42,18 +45,24 @@ __all__ = [
     "ManifestRow",
     "Problem",
     "assign_splits",
+    "check_files",
     "check_manifest",
+    "data_warnings",
     "from_dicom_tree",
     "from_folders",
     "from_labels_csv",
     "from_npz",
     "group_strata",
+    "is_negative_name",
     "load_manifest",
+    "meta_path",
     "patient_rule",
+    "positive_class",
     "resolve_data_root",
     "resolve_path",
     "row_to_record",
     "sha256_file",
     "with_splits",
     "write_manifest",
+    "write_meta",
 ]

@@ -22,6 +22,8 @@ from medclass.manifest.table import SPLITS, Manifest, ManifestRow
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+MIN_CLASS_IMAGES = 5  # a class with fewer images in the whole manifest is probably a typo'd label
+MIN_AUC_CASES = 10  # fewer positives (or negatives) of a class in val/test: its AUC is unreliable
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,55 @@ class CheckReport:
     def patients(self) -> dict[str, int]:
         """Distinct patients per split."""
         return {s: len({r.patient_id for r in self.manifest.rows if r.split == s}) for s in SPLITS}
+
+
+def data_warnings(
+    manifest: Manifest, *, min_images: int = MIN_CLASS_IMAGES, min_cases: int = MIN_AUC_CASES
+) -> list[str]:
+    """Problems in the data that are not errors: a class with fewer than ``min_images`` images (a typo'd
+    label such as "nromal" silently makes another class), a class absent from the training split, and
+    val/test splits with fewer than ``min_cases`` positives or negatives of a class (no trustworthy AUC).
+    Returns one line per warning (empty when the data looks fine)."""
+    out: list[str] = []
+    counts: dict[str, dict[str, int]] = {c: dict.fromkeys(SPLITS, 0) for c in manifest.classes}
+    lines: dict[str, list[int]] = defaultdict(list)
+    totals = dict.fromkeys(SPLITS, 0)
+    for r in manifest.rows:
+        totals[r.split] += 1
+        if r.label is not None:
+            counts[r.label][r.split] += 1
+            lines[r.label].append(r.line)
+        for f, v in r.findings.items():
+            counts[f][r.split] += v
+            if v:
+                lines[f].append(r.line)
+    what = "images" if manifest.task == "multiclass" else "positive images"
+    for c, by_split in counts.items():
+        n = sum(by_split.values())
+        if n < min_images:
+            shown = ", ".join(map(str, lines[c][:5])) + (" ..." if len(lines[c]) > 5 else "")
+            out.append(
+                f"class {c!r} has only {n} {what} (line {shown}): a typo'd label? "
+                f"classes: {', '.join(manifest.classes)}"
+                if n
+                else f"class {c!r} has no {what}"
+            )
+        if totals["train"] and not by_split["train"]:
+            out.append(f"class {c!r} has no {what} in the train split")
+    binary = manifest.task == "multiclass" and len(manifest.classes) == 2
+    reported = [manifest.positive_class or manifest.classes[1]] if binary else list(manifest.classes)
+    for split in ("val", "test"):
+        if not totals[split]:
+            continue
+        for c in reported:
+            pos = counts[c][split]
+            neg = totals[split] - pos
+            if pos < min_cases or neg < min_cases:
+                out.append(
+                    f"split {split!r} has {pos} {c!r} and {neg} other images: fewer than {min_cases} of one "
+                    f"kind, so the {c!r} AUC on it will be unreliable"
+                )
+    return out
 
 
 def sha256_file(path: Path) -> str:

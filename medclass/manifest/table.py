@@ -6,7 +6,8 @@ named ``finding:<name>`` (multi-label); optional ``frame`` (int), ``study_id``, 
 ``path`` or ``path#frame``) and any other columns (kept in :attr:`ManifestRow.extra`).
 
 The data root that relative paths are resolved against is, in this order: the ``data_root`` argument,
-the ``MEDCLASS_DATA_ROOT`` environment variable, the folder that holds the manifest.
+the ``MEDCLASS_DATA_ROOT`` environment variable, the root recorded when the manifest was built (its
+``.meta.json``, :mod:`medclass.manifest.meta`), the folder that holds the manifest.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Literal
 
 from medclass.errors import ManifestError, UnsafePathError, look_up
 from medclass.fileio import restore_cell, write_csv
+from medclass.manifest.meta import read_meta, recorded_root
 from medclass.names import FINDING_PREFIX
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,8 @@ class Manifest:
     for multi-label manifests and empty otherwise. ``sha256`` is the hash of the file's bytes, recorded with
     every run. ``data_root`` is where relative paths point (already resolved from argument / env / folder).
     ``allow_outside_root`` is what :meth:`resolve` does by default with a path that leaves the data root
-    (False: refuse it).
+    (False: refuse it). ``root_source`` says where ``data_root`` came from; ``recorded_root`` and
+    ``positive_class`` are what the manifest's ``.meta.json`` recorded at build time (None without one).
     """
 
     path: Path
@@ -86,6 +89,9 @@ class Manifest:
     data_root: Path
     columns: list[str]
     allow_outside_root: bool = False
+    root_source: str = "the manifest's folder"  # where data_root came from (for messages)
+    recorded_root: Path | None = None  # the root recorded when the manifest was built
+    positive_class: str | None = None  # recorded at build time (two-class single-label manifests)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -152,14 +158,25 @@ def resolve_path(
     return full
 
 
-def resolve_data_root(manifest_path: Path, data_root: str | os.PathLike[str] | None) -> Path:
-    """Explicit ``data_root`` > ``$MEDCLASS_DATA_ROOT`` > the manifest's own folder."""
+def resolve_data_root(
+    manifest_path: Path, data_root: str | os.PathLike[str] | None, recorded: Path | None = None
+) -> Path:
+    """Explicit ``data_root`` > ``$MEDCLASS_DATA_ROOT`` > the ``recorded`` root > the manifest's own folder."""
+    return data_root_and_source(manifest_path, data_root, recorded)[0]
+
+
+def data_root_and_source(
+    manifest_path: Path, data_root: str | os.PathLike[str] | None, recorded: Path | None = None
+) -> tuple[Path, str]:
+    """:func:`resolve_data_root` and where it came from, in words (for messages)."""
     if data_root is not None:
-        return Path(data_root)
+        return Path(data_root), "--data-root"
     env = os.environ.get(DATA_ROOT_ENV)
     if env:
-        return Path(env)
-    return manifest_path.resolve().parent
+        return Path(env), f"${DATA_ROOT_ENV}"
+    if recorded is not None:
+        return recorded, "recorded when the manifest was built"
+    return manifest_path.resolve().parent, "the manifest's folder"
 
 
 def load_manifest(
@@ -240,6 +257,12 @@ def load_manifest(
             class_list = labels
     else:
         class_list = list(findings)
+    meta = read_meta(path)
+    recorded = recorded_root(path, meta)
+    root, source = data_root_and_source(path, data_root, recorded)
+    positive = meta.get("positive_class")
+    if not (isinstance(positive, str) and positive in class_list and task == "multiclass"):
+        positive = None
     return Manifest(
         path=path,
         rows=rows,
@@ -247,9 +270,12 @@ def load_manifest(
         task=task,
         findings=list(findings),
         sha256=hashlib.sha256(data).hexdigest(),
-        data_root=resolve_data_root(path, data_root),
+        data_root=root,
         columns=columns,
         allow_outside_root=allow_outside_root,
+        root_source=source,
+        recorded_root=recorded,
+        positive_class=positive,
     )
 
 

@@ -2,8 +2,9 @@
 
 What lives here:
 
-- :func:`create_model` builds timm ``inception_v3`` (never downloads) and optionally loads local weights
-  (a timm/torchvision state dict, or an earlier medclass checkpoint for task-to-task transfer).
+- :func:`create_model` builds timm ``inception_v3`` and optionally loads weights: a local timm/torchvision
+  state dict, an earlier medclass checkpoint for task-to-task transfer, or a ``timm:``/``hf-hub:`` name
+  taken from the Hugging Face cache (:mod:`medclass.weights.hub`).
 - :class:`MainLogits` wraps a model so that it returns only the main logits (evaluation, scoring, export,
   Grad-CAM); :func:`forward_train` returns ``(main, aux | None)`` for training.
 - :data:`TASK_ACTIVATIONS` / :func:`probabilities` turn logits into scores; inference for evaluate, score
@@ -43,7 +44,7 @@ from medclass.model.transfer import (
 )
 from medclass.names import ARCHITECTURE
 from medclass.preprocess.spec import input_spec
-from medclass.weights import read_state_dict
+from medclass.weights import hub, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,10 @@ def create_model(
     ``image_size`` None is the model's own input size (:func:`medclass.preprocess.spec.input_spec`).
 
     ``weights`` (optional) is a local timm or torchvision Inception V3 state dict (``.pth``/``.bin``/``.pt``
-    read with ``torch.load(weights_only=True)``; ``.safetensors``) or an earlier medclass checkpoint
-    (its stem, ``.json`` or ``.safetensors``). The weights are loaded strictly at the source's class count,
+    read with ``torch.load(weights_only=True)``; ``.safetensors``), an earlier medclass checkpoint
+    (its stem, ``.json`` or ``.safetensors``), or a name, ``timm:inception_v3.tv_in1k`` /
+    ``hf-hub:timm/inception_v3.tv_in1k``, resolved through the Hugging Face cache
+    (:mod:`medclass.weights.hub`). The weights are loaded strictly at the source's class count,
     then both heads (``fc`` and ``AuxLogits.fc``) are replaced by fresh ``num_classes``-output layers
     (always when the class counts differ; also when they match unless ``reset_heads=False``). A source
     without an aux head (timm's TF ports) gets a freshly initialised one.
@@ -152,7 +155,8 @@ def create_model(
     if weights is None:
         model = _build(num_classes, aux_logits, drop_rate)
     else:
-        model = _from_weights(Path(weights), num_classes, aux_logits, drop_rate, reset_heads)
+        path = hub.resolve(str(weights)) if hub.is_name(weights) else Path(weights)
+        model = _from_weights(path, num_classes, aux_logits, drop_rate, reset_heads)
     _set_image_size(model, image_size)
     return model.train()
 

@@ -68,6 +68,7 @@ class ModelCard:
     input_size: int = field(default_factory=lambda: input_spec().size)  # the model's own
     software: str = ""
     randomisation_check: float | None = None  # mean Spearman ρ trained vs randomised top layers
+    positive_class: str = ""  # two-class models: the class the model calls positive
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ def render_html(report: ClinicianReport) -> str:
     card = report.model
     card_rows = [
         ("Architecture", f"Inception V3 (timm), {card.input_size}×{card.input_size} input, {card.task}"),
+        *([("Positive class", card.positive_class)] if card.positive_class else []),
         ("Training data", card.training_data or "not recorded"),
         ("Model weights sha256", card.model_sha256 or "not recorded"),
         ("Intended use", card.intended_use),

@@ -102,6 +102,8 @@ def _summary_page(report: ClinicianReport):
     card = report.model
     w.line("Model card", size=12, weight="bold")
     w.line(f"Architecture: Inception V3 (timm), {card.input_size}×{card.input_size} input, {card.task}")
+    if card.positive_class:
+        w.line(f"Positive class: {card.positive_class}")
     w.line(f"Training data: {card.training_data or 'not recorded'}")
     w.line(f"Model weights sha256: {card.model_sha256 or 'not recorded'}")
     w.line(f"Intended use: {card.intended_use}")
@@ -177,7 +179,7 @@ def render_pdf(report: ClinicianReport) -> bytes:
     return buf.getvalue()
 
 
-def write_pdf(report: ClinicianReport, path: str | Path) -> Path:
-    """Write :func:`render_pdf` atomically to ``path``; returns the path."""
-    atomic_write_bytes(path, render_pdf(report))
+def write_pdf(report: ClinicianReport, path: str | Path, *, private: bool = False) -> Path:
+    """Write :func:`render_pdf` atomically to ``path`` (owner-only when ``private``); returns the path."""
+    atomic_write_bytes(path, render_pdf(report), private=private)
     return Path(path)

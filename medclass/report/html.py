@@ -187,7 +187,10 @@ def _level_section(
     parts = [f"<h2>{esc(title)}</h2>"]
     note = f"validation n = {num(level.get('n_val'))}, test n = {num(level.get('n_test'))}"
     if name == "patient":
-        note += f"; one score per patient: {esc(agg)} of the image probabilities; a patient is positive when any image is"
+        note += (
+            f"; one score per patient: the {esc(agg)} of its images' probabilities; a patient counts as a true "
+            "positive case when any of its images is labelled positive"
+        )
     parts.append(f"<p class='muted'>{note}</p>")
     parts.append("<h3>Discrimination (test split)</h3>")
     parts.append(table(["class", "n", "positives", "prevalence", "AUC [95% bootstrap CI]", "DeLong 95% CI",
@@ -249,7 +252,9 @@ def render_html(
              f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head><body>",
              f"<h1>{esc(title)}</h1>",
              f"<p class='muted'>medclass {esc(metrics.get('medclass_version', ''))} &middot; task: "
-             f"{esc(metrics.get('task', ''))} &middot; classes: {esc(', '.join(metrics.get('classes', [])))}</p>"]  # fmt: skip
+             f"{esc(metrics.get('task', ''))} &middot; classes: {esc(', '.join(metrics.get('classes', [])))}"
+             + (f" &middot; <b>positive class: {esc(metrics['positive_class'])}</b>" if metrics.get("positive_class") else "")
+             + "</p>"]  # fmt: skip
     parts.append(
         "<div class='note'><b>How the threshold was chosen:</b> "
         f"{esc(rule.get('description', ''))} (rule <code>{esc(rule.get('rule', ''))}</code>), on the "

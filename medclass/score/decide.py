@@ -66,6 +66,20 @@ class DecisionRule:
             name = "argmax" if task == "multiclass" else f"threshold:{DEFAULT_MULTILABEL_THRESHOLD:g}"
         return cls(classes, task, thresholds, name)
 
+    def describe(self, positive: str | None = None) -> str:
+        """One line for people: the rule, its thresholds and the positive class of a two-class model."""
+        head = f"positive class {positive}; " if positive else ""
+        if self.name == "operating_point":
+            cuts = ", ".join(f"{c} ≥ {t:.3f}" for c, t in self.thresholds.items())
+            return f"{head}decision: the checkpoint's operating point ({cuts})"
+        if self.name == "argmax":
+            return (
+                f"{head}decision: argmax (the checkpoint has no operating point; run evaluate to store one)"
+            )
+        return (
+            f"{head}decision: {self.name} (the checkpoint has no operating point; run evaluate to store one)"
+        )
+
     def predict(self, probs: np.ndarray) -> list[str]:
         """The predicted label of each row (multilabel: the positive classes joined by ``;``, maybe empty)."""
         probs = np.atleast_2d(np.asarray(probs, dtype=float))  # N×C

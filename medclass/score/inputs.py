@@ -101,9 +101,10 @@ def _expand_manifest(
     allow_outside_root: bool = False,
 ) -> list[WorkItem]:
     from medclass import ingest
-    from medclass.manifest import load_manifest
+    from medclass.manifest import check_files, load_manifest
 
     manifest = load_manifest(path, data_root, allow_outside_root=allow_outside_root)
+    check_files(manifest)  # a wrong root is one error, not a row of failures per file
     out: list[WorkItem] = []
     for row in manifest.rows:
         hints = {"patient_id": row.patient_id, "study_id": row.study_id}

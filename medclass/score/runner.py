@@ -62,6 +62,7 @@ class ScoreReport:
     n_studies: int = 0
     failed_in_output: int = 0  # error rows in the whole output (earlier runs included)
     settings: dict[str, Any] = field(default_factory=dict)
+    decision: str = ""  # the positive class and the decision rule, in words
 
 
 def _threads(config: ScoreConfig, workers: int) -> int:
@@ -169,6 +170,7 @@ def run_scoring(
         batch_size=config.batch_size, format=fmt, fast_decode=config.fast_decode, **used,
     )  # fmt: skip
     report = ScoreReport(counts, out, len(items), settings=settings)
+    report.decision = rule.describe(meta.get("positive_class"))
     rows = output.finalize([i.key for i in items])
     report.failed_in_output = sum(1 for r in rows if r.get("error"))
     report.summary, report.n_studies = write_summary(out, rows, rule, config.aggregate)

@@ -62,7 +62,9 @@ class TrainConfig:
     out: str = ""
     data_root: str | None = None
     allow_outside_root: bool = False  # accept manifest paths that leave data_root (refused by default)
-    weights: str | None = None  # local pretrained weights; None = random init
+    weights: str | None = None  # local file or timm:/hf-hub: name; None = random init
+    positive_class: str | None = None  # two-class tasks; None = recorded in the manifest, else by name
+    allow_empty_class: bool = False  # train although a class has no training images
     model_name: str = ARCHITECTURE
     epochs: int = 20
     batch_size: int = 32

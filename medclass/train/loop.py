@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from medclass.errors import ConfigError, DataError
-from medclass.manifest import load_manifest
+from medclass.manifest import Manifest, check_files, data_warnings, load_manifest, positive_class
 from medclass.runtime import tune_cpu_malloc
 from medclass.train import distributed as dist_
 from medclass.train import runfiles
@@ -121,6 +121,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _settle_classes(manifest: Manifest, config: TrainConfig) -> Manifest:
+    """Log the data warnings, refuse a class without training images (unless allowed) and fix the
+    positive class of a two-class task. Returns the manifest with ``positive_class`` set.
+
+    Raises :class:`DataError` for an empty class and :class:`ConfigError` when the positive class cannot be
+    told from the names and was neither given nor recorded."""
+    for warning in data_warnings(manifest):
+        log.warning("%s: %s", manifest.path, warning)
+    train_rows = manifest.split("train")
+    if train_rows:
+        present = {r.label for r in train_rows} | {f for r in train_rows for f, v in r.findings.items() if v}
+        empty = [c for c in manifest.classes if c not in present]
+        if empty and not config.allow_empty_class:
+            raise DataError(
+                f"class(es) {', '.join(map(repr, empty))} have no training images (classes: "
+                f"{', '.join(manifest.classes)}); fix the labels or pass --allow-empty-class",
+                manifest.path,
+            )
+    positive = positive_class(
+        manifest.classes, config.positive_class, recorded=manifest.positive_class, task=manifest.task
+    )
+    if positive is not None:
+        source = (
+            "--positive-class"
+            if config.positive_class
+            else "recorded in the manifest"
+            if manifest.positive_class
+            else "the other class is a negative name"
+        )
+        negative = next(c for c in manifest.classes if c != positive)
+        log.info("positive class: %s (negative: %s; %s)", positive, negative, source)
+    return dataclasses.replace(manifest, positive_class=positive)
+
+
 def train(config: TrainConfig, *, resume: bool = False, max_epochs: int | None = None) -> TrainResult:
     """Run (or, with ``resume``, continue) the training described by ``config``.
 
@@ -149,6 +183,8 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
     manifest = load_manifest(
         Path(config.manifest), config.data_root, allow_outside_root=config.allow_outside_root
     )
+    check_files(manifest, manifest.split("train") + manifest.split("val"))  # before any decoding
+    manifest = _settle_classes(manifest, config)
     saved_path = run_dir / "config.yaml"
     start_epoch, tracker, history = 0, _Tracker(config.patience), []
     if resume:  # checked before any decoding or model building

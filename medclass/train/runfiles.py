@@ -115,6 +115,7 @@ class RunIO:
             "architecture": self.config.model_name,
             "classes": list(self.manifest.classes),
             "task": str(self.manifest.task),
+            "positive_class": getattr(self.manifest, "positive_class", None),
             "input": {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.items()},
             "window": self.config.window,
             "fit": self.config.fit,

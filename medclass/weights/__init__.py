@@ -25,11 +25,13 @@ from safetensors.torch import load as st_load
 from medclass.errors import CheckpointError, short_message
 from medclass.weights.pair import (
     PICKLE_SUFFIXES,
+    checkpoints_in,
     commit_pair,
     commit_stem_pair,
     file_sha256,
     pair_paths,
     read_pair,
+    resolve,
     stem_of,
     with_suffix,
 )
@@ -51,6 +53,7 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "SUPPORTED_FORMAT_VERSIONS",
     "TASKS",
+    "checkpoints_in",
     "commit_pair",
     "commit_stem_pair",
     "file_sha256",
@@ -62,6 +65,7 @@ __all__ = [
     "read_pair",
     "read_sidecar",
     "read_state_dict",
+    "resolve",
     "stem_of",
     "with_suffix",
 ]
@@ -71,9 +75,10 @@ def read_meta(path: Path | str) -> dict[str, Any]:
     """The validated sidecar of the checkpoint at ``path`` (its stem, ``.json`` or ``.safetensors`` path).
 
     Does not read the weights. Raises :class:`CheckpointError` naming the file for a pickle file and for
-    everything :func:`~medclass.weights.sidecar.read_sidecar` refuses.
+    everything :func:`~medclass.weights.sidecar.read_sidecar` refuses, and "no checkpoint at X" (listing
+    what is there) when nothing is; a run folder means ``RUN/best`` (:func:`~medclass.weights.pair.resolve`).
     """
-    return read_sidecar(with_suffix(stem_of(path), ".json"))
+    return read_sidecar(with_suffix(resolve(path), ".json"))
 
 
 def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -83,7 +88,7 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
     missing or invalid sidecar, an unknown ``format_version`` or architecture, a size or sha256 mismatch,
     or an unreadable safetensors file.
     """
-    stem = stem_of(path)
+    stem = resolve(path)
     meta, data, st_path = read_pair(stem, "", read_sidecar)
     try:
         state = st_load(data)

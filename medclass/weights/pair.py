@@ -50,6 +50,57 @@ def stem_of(path: Path | str) -> Path:
     return path
 
 
+def checkpoints_in(folder: Path) -> list[str]:
+    """The checkpoint stems in ``folder`` (names with both ``.safetensors`` and ``.json``; backups and
+    training states left out), ``best`` and ``last`` first."""
+    if not folder.is_dir():
+        return []
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return []
+    stems = {
+        n.removesuffix(".json")
+        for n in names
+        if n.endswith(".json") and n.removesuffix(".json") + ".safetensors" in names
+    }
+    stems = {s for s in stems if not s.endswith((".prev", ".state", ".state.prev"))}
+    return sorted(stems, key=lambda s: (s not in ("best", "last"), s != "best", s))
+
+
+def _nothing_at(path: Path, folder: Path) -> CheckpointError:
+    found = checkpoints_in(folder)
+    if found:
+        there = f"{folder} has: {', '.join(found)}"
+    elif folder.is_dir():
+        there = f"{folder} holds no checkpoint (<stem>.safetensors + <stem>.json)"
+    else:
+        there = f"folder {folder} does not exist"
+    return CheckpointError(f"no checkpoint at {path}; {there}")
+
+
+def resolve(path: Path | str) -> Path:
+    """The stem of an existing checkpoint named by ``path``: a stem, its ``.json`` or ``.safetensors``, or a
+    run folder (taken as ``RUN/best``, logged).
+
+    Raises :class:`CheckpointError` "no checkpoint at X" listing the checkpoints beside it (``best``,
+    ``last``...) when nothing is there, and refuses pickle files as :func:`stem_of` does.
+    """
+    path = Path(path)
+    if path.is_dir() and path.suffix != ".safetensors":
+        best = path / "best"
+        if with_suffix(best, ".json").is_file() or with_suffix(best, ".safetensors").exists():
+            log.info("%s is a run folder; using its checkpoint %s", path, best)
+            return best
+        raise _nothing_at(path, path)
+    if path.suffix.lower() in PICKLE_SUFFIXES and not path.exists():
+        raise _nothing_at(path, path.parent)
+    stem = stem_of(path)
+    if not (with_suffix(stem, ".json").exists() or with_suffix(stem, ".safetensors").exists()):
+        raise _nothing_at(path, stem.parent)
+    return stem
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file, read in chunks."""
     h = hashlib.sha256()

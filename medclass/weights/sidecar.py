@@ -116,6 +116,11 @@ def validate(meta: dict[str, Any], json_path: Path) -> None:
             )
         if len(set(classes)) != len(classes):
             raise CheckpointError(f"sidecar key 'classes' repeats a name: {classes!r}", json_path)
+    positive = meta.get("positive_class")
+    if positive is not None and not (isinstance(classes, list) and positive in classes):
+        raise CheckpointError(
+            f"sidecar key 'positive_class' is {positive!r}, not one of the classes", json_path
+        )
     if "task" in meta and meta["task"] not in TASKS:
         raise CheckpointError(f"sidecar key 'task' is {meta['task']!r}, not one of {list(TASKS)}", json_path)
     if "input" in meta:
