@@ -137,3 +137,18 @@ def test_cli_compare_on_real_predictions_matches_proc(tmp_path, pneumonia_predic
     assert got["p_value"] == pytest.approx(ref["p_value"], abs=1e-6)
     assert got["z"] == pytest.approx(ref["z"], abs=1e-6)
     assert got["auc_a"] == pytest.approx(ref["auc_a"], abs=1e-9)
+
+
+def test_compare_defaults_to_the_positive_class_by_name_not_the_second():
+    """abnormal/normal: the compared class is 'abnormal' (evaluate's rule), not the alphabetically last."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    classes = ("abnormal", "normal")
+
+    def rows(noise):
+        s = np.clip(y * 0.6 + rng.normal(0, noise, len(y)), 0, 1)  # P(abnormal): y = 1 is abnormal
+        return [{"image_id": str(i), "label": classes[1 - y[i]], "prob:abnormal": s[i], "prob:normal": 1 - s[i]}
+                for i in range(len(y))]  # fmt: skip
+
+    res = compare_tables(*join_predictions(rows(0.3), rows(0.5)))
+    assert list(res) == ["abnormal"]

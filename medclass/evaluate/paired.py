@@ -10,6 +10,7 @@ import numpy as np
 
 from medclass.errors import DataError
 from medclass.evaluate.table import PredictionTable, prediction_table
+from medclass.manifest.meta import positive_class  # the rule evaluate uses too
 from medclass.metrics import DeLongComparison, compare
 
 
@@ -73,11 +74,13 @@ def compare_tables(
 ) -> dict[str, DeLongComparison]:
     """Paired DeLong comparison per class (one-vs-rest) of two joined tables (see :func:`join_predictions`).
 
-    ``classes`` defaults to the positive class of a binary task, otherwise every class. Raises DataError
+    ``classes`` defaults to the positive class of a binary task (the class not named like a negative;
+    :class:`ConfigError` when the names do not tell), otherwise every class. Raises DataError
     for a class that is not in the tables.
     """
     if classes is None:
-        classes = a.classes[1:] if a.task == "multiclass" and len(a.classes) == 2 else a.classes
+        chosen = positive_class(a.classes, task=a.task)
+        classes = a.classes if chosen is None else (chosen,)
     out = {}
     for c in classes:
         if c not in a.classes:
