@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from medclass.errors import ManifestError, UnsafePathError
-from medclass.manifest.table import Manifest, ManifestRow, resolve_path
+from medclass.errors import ManifestError
+from medclass.manifest.table import Manifest, ManifestRow
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,22 @@ SHOWN = 3  # missing paths named in a message
 def _found(
     rows: Sequence[ManifestRow], root: Path, allow_outside_root: bool
 ) -> tuple[int, list[ManifestRow]]:
+    """How many rows name an existing file under ``root``, and the rows that do not. Only ``stat``: paths
+    that leave the root are counted as found here and refused later, with their line, by
+    :meth:`Manifest.resolve`; each distinct path is looked at once (frames share their file)."""
     found, missing = 0, []
+    seen: dict[str, bool] = {}
     for row in rows:
-        try:
-            file = resolve_path(row.path, root, allow_outside_root=allow_outside_root)
-        except UnsafePathError:
-            found += 1  # refused later, with its line, by Manifest.resolve; not a root problem
-            continue
-        if file.is_file():
+        ok = seen.get(row.path)
+        if ok is None:
+            posix = PurePosixPath(row.path)
+            leaves = posix.is_absolute() or ".." in posix.parts or "\\" in row.path
+            if leaves and allow_outside_root:
+                ok = Path(row.path).is_file() if posix.is_absolute() else (root / posix).is_file()
+            else:
+                ok = leaves or (root / posix).is_file()
+            seen[row.path] = ok
+        if ok:
             found += 1
         else:
             missing.append(row)
