@@ -144,6 +144,17 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     ("--patience", "patience", {"type": int, "help": "early stopping: epochs without val AUC gain; 0 = off"}),
+    (
+        "--bn-batches",
+        "bn_batches",
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "before each validation and save, re-estimate the BatchNorm running statistics of the "
+            "weights being saved over N un-augmented training batches (few steps from scratch leave them "
+            "far from the weights' own: eval-mode logits explode); 0 = off, keep the running averages",
+        },
+    ),
     ("--seed", "seed", {"type": int}),
     ("--device", "device", {"choices": DEVICE_NAMES, "help": "auto: CUDA when present"}),
     ("--precision", "precision", {"choices": PRECISION_NAMES, "help": "bf16 autocast or plain fp32"}),

@@ -83,6 +83,7 @@ class TrainConfig:
     backbone_lr_scale: float | None = None
     imbalance: str = "none"  # none | weighted (loss weights) | balanced (WeightedRandomSampler)
     patience: int = 5  # early stopping on val AUC; 0 = off
+    bn_batches: int = 32  # re-estimate BatchNorm statistics over this many train batches; 0 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "bf16"  # bf16 autocast | fp32
@@ -133,6 +134,8 @@ class TrainConfig:
             raise ConfigError(f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
         if self.partial_blocks < 1:
             raise ConfigError(f"partial_blocks must be ≥ 1, got {self.partial_blocks}")
+        if self.bn_batches < 0:
+            raise ConfigError(f"bn_batches must be ≥ 0, got {self.bn_batches}")
         if self.patience < 0:
             raise ConfigError(f"patience must be ≥ 0, got {self.patience}")
         if self.workers is not None and self.workers < 0:

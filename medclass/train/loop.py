@@ -30,6 +30,7 @@ from medclass.manifest import Manifest, check_files, data_warnings, load_manifes
 from medclass.runtime import tune_cpu_malloc
 from medclass.train import distributed as dist_
 from medclass.train import runfiles
+from medclass.train.bnstats import bn_loader, recompute_bn_stats, saturated
 from medclass.train.config import TrainConfig, check_resumable, read_saved, save_config
 from medclass.train.objective import InceptionLoss, epoch_seed, loss_weights, macro_auc
 from medclass.train.setup import Prepared, prepare
@@ -237,6 +238,11 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
         grad_clip=config.grad_clip,
         augment=p.augment,
     )
+    bn_batches = (
+        bn_loader(p.train_ds, batch_size=config.batch_size, max_batches=config.bn_batches, seed=config.seed)
+        if config.bn_batches > 0
+        else None
+    )
     stopped = False
     last_epoch = start_epoch
     end = config.epochs if max_epochs is None else min(config.epochs, start_epoch + max_epochs)
@@ -260,7 +266,16 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
             ],
             ctx,
         )
-        val_auc, val_loss, val_count = _validate(p, model, val_criterion, config, ctx)
+        if bn_batches is not None:  # the statistics of the weights validated and saved, not a lagging average
+            recompute_bn_stats(
+                model,
+                bn_batches,
+                device=ctx.device,
+                max_batches=config.bn_batches,
+                precision=config.precision,
+                channels_last=config.channels_last,
+            )
+        val_auc, val_loss, val_count, val_saturated = _validate(p, model, val_criterion, config, ctx)
         row = {
             "epoch": epoch + 1,
             "lr": lr_now,
@@ -270,6 +285,7 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
             "val_loss": val_loss,
             "val_auc": val_auc,
             "val_count": val_count,
+            "val_saturated": val_saturated,
             "seconds": stats.seconds,
             "img_per_s": n_seen / stats.seconds if stats.seconds else float("nan"),
         }
@@ -314,6 +330,7 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
             break
     if writer is not None:
         writer.close()
+    _warn_saturated(history, tracker.best_epoch)
     return TrainResult(
         run_dir=run_dir,
         best_epoch=tracker.best_epoch,
@@ -328,12 +345,30 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
     )
 
 
+def _warn_saturated(history: list[dict[str, Any]], best_epoch: int) -> None:
+    """One warning line when the 'best' checkpoint's validation probabilities saturate (many exactly 0/1)."""
+    row = next((r for r in history if r.get("epoch") == best_epoch), None)
+    if row is None or not row.get("val_count"):
+        return
+    n, count = int(row.get("val_saturated") or 0), int(row["val_count"])
+    if n and n >= max(2, 0.05 * count):
+        log.warning(
+            "best (epoch %d): %d of %d validation images get a probability of exactly 0 or 1: the logits "
+            "have run away and its probabilities are not trustworthy (train longer, start from --weights, "
+            "or keep --bn-batches on)",
+            best_epoch,
+            n,
+            count,
+        )
+
+
 def _validate(
     p: Prepared, model: torch.nn.Module, criterion: InceptionLoss, config: TrainConfig, ctx: dist_.DistContext
-) -> tuple[float, float, int]:
-    """Val AUC, mean val loss and the number of distinct validation images, over all ranks."""
+) -> tuple[float, float, int, int]:
+    """Val AUC, mean val loss, the number of distinct validation images and how many of them have a
+    saturated probability (exactly 0 or 1), over all ranks."""
     if p.val_loader is None:
-        return float("nan"), float("nan"), 0
+        return float("nan"), float("nan"), 0, 0
     sampler = p.val_loader.sampler
     indices = torch.tensor(list(iter(sampler)), dtype=torch.int64)
     scores, targets, losses = predict(
@@ -349,4 +384,4 @@ def _validate(
     if len(scores) != len(p.val_ds or ()):
         raise DataError(f"validation gathered {len(scores)} predictions for {len(p.val_ds or ())} images")
     auc = macro_auc(targets.numpy(), scores.numpy(), p.task, p.classes)
-    return auc, float(losses.mean()), len(scores)
+    return auc, float(losses.mean()), len(scores), saturated(scores)

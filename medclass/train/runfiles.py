@@ -36,6 +36,7 @@ METRIC_FIELDS = [
     "val_loss",
     "val_auc",
     "val_count",
+    "val_saturated",
     "seconds",
     "img_per_s",
 ]
@@ -62,7 +63,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     for r in rows:
         parsed: dict[str, Any] = {}
         for k, v in r.items():
-            if k == "epoch" or k == "val_count":
+            if k in ("epoch", "val_count", "val_saturated"):
                 parsed[k] = int(v) if v not in ("", None) else None
             else:
                 try:
