@@ -70,10 +70,12 @@ def recompute_bn_stats(
     finally:
         for m, (momentum, state) in saved.items():
             m.momentum = momentum
-            if used == 0 or int(m.num_batches_tracked) == 0:  # never reached: keep what it had
+            tracked = m.num_batches_tracked
+            assert tracked is not None  # track_running_stats layers only
+            if used == 0 or int(tracked) == 0:  # never reached: keep what it had
                 m.load_state_dict(state)
             else:  # keep counting the steps the layer has seen, as plain training would
-                m.num_batches_tracked.copy_(state["num_batches_tracked"])
+                tracked.copy_(state["num_batches_tracked"])
         model.train(was_training)
     log.debug("BatchNorm statistics re-estimated over %d batch(es) in %d layer(s)", used, len(layers))
     return used
