@@ -9,6 +9,7 @@ from typing import Any
 
 from medclass.cli import ExitCode
 from medclass.names import CACHE_DTYPES, CACHE_MODES, DEVICE_NAMES, PRECISION_NAMES, TRANSFER_MODE_NAMES
+from medclass.train.config import SELECTIONS
 
 HELP = "fine-tune Inception V3 (main + auxiliary head) on a manifest"
 
@@ -23,7 +24,7 @@ option names with '_' or '-'), and the options you type. The resolved settings a
 RUN_DIR/config.yaml with the manifest's sha256, the package versions and the seed.
 
 The run folder receives:
-  best.safetensors + best.json   weights of the epoch with the best val AUC, and their metadata
+  best.safetensors + best.json   weights of the best epoch (--select), and their metadata
   last.safetensors + last.json   weights after the last epoch (+ last.state.*, to --resume)
   metrics.csv                    epoch, lr, train/val losses, val AUC, seconds, img/s
   config.yaml                    the resolved settings
@@ -144,6 +145,27 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     ("--patience", "patience", {"type": int, "help": "early stopping: epochs without val AUC gain; 0 = off"}),
+    (
+        "--select",
+        "select",
+        {
+            "choices": SELECTIONS,
+            "help": "which epoch becomes 'best' (and what early stopping watches): auc = highest val AUC "
+            "(first epoch of a tie); loss = lowest val NLL (the probabilities' quality); auc+loss = highest "
+            "val AUC with ties, frequent on small validation sets, broken by the lower val NLL",
+        },
+    ),
+    (
+        "--ema",
+        "ema",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "keep an exponential moving average of the weights (timm ModelEmaV3), give it its own "
+            "BatchNorm statistics, validate it each epoch and save it as 'best' (best.json says "
+            "weights: ema; 'last' stays the raw weights; metrics.csv also shows the raw ones)",
+        },
+    ),
+    ("--ema-decay", "ema_decay", {"type": float, "help": "EMA decay per step, warmed up from 0"}),
     (
         "--bn-batches",
         "bn_batches",

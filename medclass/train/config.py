@@ -31,6 +31,7 @@ IMBALANCE = ("none", "weighted", "balanced")
 DEVICES = DEVICE_NAMES
 PRECISIONS = PRECISION_NAMES
 CACHES = CACHE_MODES
+SELECTIONS = ("auc", "loss", "auc+loss")
 
 # Settings that must not change between a run and its --resume (the rest may, e.g. epochs, workers).
 RESUME_FIXED = (
@@ -51,6 +52,9 @@ RESUME_FIXED = (
     "hflip",
     "window",
     "fit",
+    "select",
+    "ema",
+    "ema_decay",
 )
 
 
@@ -83,6 +87,9 @@ class TrainConfig:
     backbone_lr_scale: float | None = None
     imbalance: str = "none"  # none | weighted (loss weights) | balanced (WeightedRandomSampler)
     patience: int = 5  # early stopping on val AUC; 0 = off
+    select: str = "auc+loss"  # best epoch by: auc | loss (val NLL) | auc+loss (AUC, ties by NLL)
+    ema: bool = False  # validate, select and save an EMA of the weights (best holds it)
+    ema_decay: float = 0.999  # EMA decay per step (warmed up from 0 over the first steps)
     bn_batches: int = 32  # re-estimate BatchNorm statistics over this many train batches; 0 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -114,6 +121,9 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("cache", self.cache, CACHES)
         _choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
+        _choice("select", self.select, SELECTIONS)
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if not self.manifest:
             raise ConfigError("manifest is required (--manifest or 'manifest:' in the config file)")
         if not self.out:

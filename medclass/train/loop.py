@@ -30,6 +30,7 @@ from medclass.manifest import Manifest, check_files, data_warnings, load_manifes
 from medclass.runtime import tune_cpu_malloc
 from medclass.train import distributed as dist_
 from medclass.train import runfiles
+from medclass.train.averaging import WeightAverage
 from medclass.train.bnstats import bn_loader, recompute_bn_stats, saturated
 from medclass.train.config import TrainConfig, check_resumable, read_saved, save_config
 from medclass.train.objective import InceptionLoss, epoch_seed, loss_weights, macro_auc
@@ -56,20 +57,37 @@ class TrainResult:
 
 
 class _Tracker:
-    """Early stopping on val AUC (val loss when AUC is undefined): higher score is better."""
+    """Model selection and early stopping on validation, by criterion ``select`` (higher key is better):
 
-    def __init__(self, patience: int) -> None:
+    - ``auc``: val AUC (val loss when AUC is undefined); the first epoch of a tie is kept;
+    - ``loss``: val NLL of the main head;
+    - ``auc+loss``: val AUC, ties (frequent on small validation sets) broken by the lower val NLL.
+    """
+
+    def __init__(self, patience: int, select: str = "auc") -> None:
         self.patience = patience
-        self.best_score = -math.inf
+        self.select = select
+        self.best_score: list[float] = []
         self.best_epoch = 0
         self.best_auc = float("nan")
+        self.best_loss = float("nan")
         self.bad_epochs = 0
+
+    def key(self, auc: float, val_loss: float) -> list[float]:
+        a = auc if math.isfinite(auc) else -math.inf
+        nll = -val_loss if math.isfinite(val_loss) else -math.inf
+        if self.select == "loss":
+            return [nll]
+        if self.select == "auc+loss":
+            return [a, nll]
+        return [a if math.isfinite(auc) else nll]
 
     def update(self, epoch: int, auc: float, val_loss: float) -> bool:
         """Record an epoch; returns True when it is the new best."""
-        score = auc if math.isfinite(auc) else (-val_loss if math.isfinite(val_loss) else -math.inf)
-        if score > self.best_score or self.best_epoch == 0:
-            self.best_score, self.best_epoch, self.best_auc, self.bad_epochs = score, epoch, auc, 0
+        score = self.key(auc, val_loss)
+        if self.best_epoch == 0 or score > list(self.best_score):
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+            self.best_auc, self.best_loss = auc, val_loss
             return True
         self.bad_epochs += 1
         return False
@@ -84,6 +102,8 @@ class _Tracker:
     def load(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+        if not isinstance(self.best_score, list):  # a run saved before selection criteria existed
+            self.best_score = [float(self.best_score)]
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
@@ -187,7 +207,7 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
     check_files(manifest, manifest.split("train") + manifest.split("val"))  # before any decoding
     manifest = _settle_classes(manifest, config)
     saved_path = run_dir / "config.yaml"
-    start_epoch, tracker, history = 0, _Tracker(config.patience), []
+    start_epoch, tracker, history = 0, _Tracker(config.patience, config.select), []
     if resume:  # checked before any decoding or model building
         if not (run_dir / "last.json").is_file():
             raise ConfigError("nothing to resume: no 'last' checkpoint in this run folder", run_dir)
@@ -207,8 +227,9 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
     optimizer = build_optimizer(config, p.groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, config.min_lr_ratio))
 
+    ema = WeightAverage(model, config.ema_decay) if config.ema else None
     if resume:
-        start_epoch = p.io.restore(model, optimizer, scheduler, tracker)
+        start_epoch = p.io.restore(model, optimizer, scheduler, tracker, ema)
         history = [
             r for r in runfiles.read_metrics(run_dir / "metrics.csv") if (r.get("epoch") or 0) <= start_epoch
         ]
@@ -237,6 +258,7 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
         channels_last=config.channels_last,
         grad_clip=config.grad_clip,
         augment=p.augment,
+        after_step=None if ema is None else (lambda: ema.update(model)),
     )
     bn_batches = (
         bn_loader(p.train_ds, batch_size=config.batch_size, max_batches=config.bn_batches, seed=config.seed)
@@ -266,16 +288,19 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
             ],
             ctx,
         )
-        if bn_batches is not None:  # the statistics of the weights validated and saved, not a lagging average
-            recompute_bn_stats(
-                model,
-                bn_batches,
-                device=ctx.device,
-                max_batches=config.bn_batches,
-                precision=config.precision,
-                channels_last=config.channels_last,
-            )
-        val_auc, val_loss, val_count, val_saturated = _validate(p, model, val_criterion, config, ctx)
+        held = model if ema is None else ema.module  # the weights validated, selected and saved as best
+        for m in (model,) if ema is None else (model, held):
+            if bn_batches is not None:  # statistics of the weights validated and saved, not a lagging average
+                recompute_bn_stats(
+                    m,
+                    bn_batches,
+                    device=ctx.device,
+                    max_batches=config.bn_batches,
+                    precision=config.precision,
+                    channels_last=config.channels_last,
+                )
+        raw_auc, raw_loss, _, _ = _validate(p, model, val_criterion, config, ctx) if ema else (None,) * 4
+        val_auc, val_loss, val_count, val_saturated = _validate(p, held, val_criterion, config, ctx)
         row = {
             "epoch": epoch + 1,
             "lr": lr_now,
@@ -286,6 +311,8 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
             "val_auc": val_auc,
             "val_count": val_count,
             "val_saturated": val_saturated,
+            "raw_val_loss": raw_loss,
+            "raw_val_auc": raw_auc,
             "seconds": stats.seconds,
             "img_per_s": n_seen / stats.seconds if stats.seconds else float("nan"),
         }
@@ -307,9 +334,9 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
         if ctx.is_main:
             metrics = {k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch + 1}
             if improved:
-                p.io.save_weights("best", model, metrics)
-            p.io.save_weights("last", model, metrics)
-            p.io.save_state(optimizer, scheduler, tracker, epoch + 1)
+                p.io.save_weights("best", held, metrics, weights="raw" if ema is None else "ema")
+            p.io.save_weights("last", model, metrics, weights="raw")
+            p.io.save_state(optimizer, scheduler, tracker, epoch + 1, ema)
             runfiles.write_metrics(run_dir / "metrics.csv", history)
             if writer is not None:
                 for k in (

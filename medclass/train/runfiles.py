@@ -37,6 +37,8 @@ METRIC_FIELDS = [
     "val_auc",
     "val_count",
     "val_saturated",
+    "raw_val_loss",
+    "raw_val_auc",
     "seconds",
     "img_per_s",
 ]
@@ -104,7 +106,7 @@ class RunIO:
         self.preprocessor = preprocessor
         self.run_dir = Path(config.out)
 
-    def meta(self, metrics: dict[str, Any]) -> dict[str, Any]:
+    def meta(self, metrics: dict[str, Any], weights: str = "raw") -> dict[str, Any]:
         from dataclasses import asdict, is_dataclass
 
         spec = (
@@ -131,25 +133,35 @@ class RunIO:
                 "mode": self.config.mode,
                 "aux_weight": self.config.aux_weight,
                 "epochs": self.config.epochs,
+                "select": self.config.select,  # the criterion that chose 'best'
+                "weights": weights,  # raw: the trained weights; ema: their moving average
+                "ema_decay": self.config.ema_decay if self.config.ema else None,
+                "bn_batches": self.config.bn_batches,
             },
         }
 
-    def save_weights(self, name: str, model: torch.nn.Module, metrics: dict[str, Any]) -> Path:
+    def save_weights(
+        self, name: str, model: torch.nn.Module, metrics: dict[str, Any], weights: str = "raw"
+    ) -> Path:
         from medclass import checkpoint
 
         stem = self.run_dir / name
-        checkpoint.save(stem, model, self.meta(metrics))
+        checkpoint.save(stem, model, self.meta(metrics, weights))
         return stem
 
-    def save_state(self, optimizer: Any, scheduler: Any, tracker: Any, epoch: int) -> None:
-        """Optimizer, scheduler, RNG and early-stopping state beside ``last`` (``last.state.*``)."""
+    def save_state(self, optimizer: Any, scheduler: Any, tracker: Any, epoch: int, ema: Any = None) -> None:
+        """Optimizer, scheduler, RNG, early-stopping and weight-average state beside ``last``
+        (``last.state.*``)."""
         from medclass import checkpoint
 
-        checkpoint.save_training_state(
-            self.run_dir / "last", optimizer, scheduler, epoch=epoch, extra={"tracker": tracker.state()}
-        )
+        extra: dict[str, Any] = {"tracker": tracker.state()}
+        if ema is not None:
+            extra["ema"] = ema.state()
+        checkpoint.save_training_state(self.run_dir / "last", optimizer, scheduler, epoch=epoch, extra=extra)
 
-    def restore(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, tracker: Any) -> int:
+    def restore(
+        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, tracker: Any, ema: Any = None
+    ) -> int:
         """Load ``last`` weights and training state into the given objects; returns finished epochs.
 
         Raises :class:`~medclass.errors.CheckpointError` when they are missing, corrupt or do not fit.
@@ -161,6 +173,10 @@ class RunIO:
         model.load_state_dict(state, strict=True)
         saved = checkpoint.load_training_state(stem, optimizer, scheduler)
         tracker.load(saved.extra["tracker"])
+        if ema is not None:
+            if "ema" not in saved.extra:
+                raise ConfigError("this run was trained without --ema; resume it without --ema", stem)
+            ema.load(saved.extra["ema"])
         return int(saved.epoch)
 
 

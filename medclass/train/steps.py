@@ -61,6 +61,7 @@ class StepRunner:
         grad_clip: float = 0.0,
         augment: Augment | None = None,
         sync_every: int = 10,
+        after_step: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -72,6 +73,7 @@ class StepRunner:
         self.grad_clip = grad_clip
         self.augment = augment
         self.sync_every = sync_every
+        self.after_step = after_step  # e.g. the weight average's update
         self._params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
 
     def _inputs(
@@ -102,6 +104,8 @@ class StepRunner:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.after_step is not None:
+            self.after_step()
         return loss.detach(), main_loss.detach(), aux_loss.detach()
 
     def run(
