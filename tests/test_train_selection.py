@@ -67,10 +67,32 @@ def test_weight_average_follows_the_weights_and_resumes():
     d = 1 - 2 ** (-2 / 3)
     assert torch.allclose(ema.module[0].weight, d * (w0 + 1) + (1 - d) * (w0 + 2), atol=1e-6)
     assert torch.equal(ema.module[1].running_mean, torch.full((2,), 5.0))  # buffers copied, not averaged
-    assert not any(p.requires_grad for p in ema.module.parameters())
     again = WeightAverage(model, decay=0.9)
     again.load(ema.state())
     assert again.steps == 2 and torch.equal(again.module[0].weight, ema.module[0].weight)
+
+
+def test_the_average_gets_its_own_batchnorm_statistics():
+    """The averaged copy's trainable BatchNorms are re-estimated (its frozen ones, as the model's, not)."""
+    from medclass.model import apply_mode, create_model
+    from medclass.train.averaging import WeightAverage
+    from medclass.train.bnstats import recompute_bn_stats
+
+    torch.manual_seed(0)
+    model = create_model(2, aux_logits=True, image_size=75)
+    apply_mode(model, "partial", partial_blocks=1)
+    ema = WeightAverage(model, decay=0.9)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    batches = [(torch.randn(4, 3, 75, 75) * 2, torch.zeros(4))]
+    assert recompute_bn_stats(ema.module, batches, device=torch.device("cpu"), max_batches=1) == 1
+    after = ema.module.state_dict()
+    assert not torch.equal(
+        after["Mixed_7c.branch1x1.bn.running_mean"], before["Mixed_7c.branch1x1.bn.running_mean"]
+    )
+    assert torch.equal(
+        after["Mixed_7b.branch1x1.bn.running_mean"], before["Mixed_7b.branch1x1.bn.running_mean"]
+    )
+    assert not ema.module.training
 
 
 @pytest.mark.slow

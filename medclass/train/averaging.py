@@ -18,7 +18,7 @@ from torch import nn
 class WeightAverage:
     """An EMA of ``model``'s parameters with decay ``decay`` (warmed up: ``1 - (1 + step)^-2/3``, capped).
 
-    ``module`` is the averaged model (eval mode, no gradients); :meth:`update` after each optimiser step;
+    ``module`` is the averaged model (eval mode); :meth:`update` after each optimiser step;
     :meth:`state` / :meth:`load` carry it through ``--resume``.
     """
 
@@ -27,9 +27,9 @@ class WeightAverage:
 
         self.decay = decay
         self.steps = 0
+        # The copy keeps each parameter's requires_grad: the frozen/trainable split of the transfer mode
+        # decides which BatchNorms get re-estimated (updates run without gradients anyway).
         self._ema = ModelEmaV3(model, decay=decay, use_warmup=True, exclude_buffers=True)
-        for p in self._ema.module.parameters():
-            p.requires_grad_(False)
 
     @property
     def module(self) -> nn.Module:
