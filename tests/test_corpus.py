@@ -54,6 +54,12 @@ def _errors(exe: str, path: str | Path, cache: dict[str, set[str]]) -> set[str]:
     return cache[key]
 
 
+def _source_path(source: str, folder: Path) -> str:
+    """An explain row's ``source`` as a file path: rows name files found under a folder argument relative
+    to it (the only folder given here is ``folder``), files given one by one as given."""
+    return source if os.path.isabs(source) else str(folder / source)
+
+
 def _run(argv: list[str]) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -84,7 +90,9 @@ def test_every_real_dicom_file_through_explain_and_score(tmp_path, dicom_samples
     clean, new_errors = 0, []
     for row in rows:  # every decoded image: an SC and an SR without errors of their own
         assert row["dicom"] and row["sr"], row
-        source_errors = _errors(exe, row["source"], cache)
+        source = _source_path(row["source"], dicom_samples)
+        assert os.path.isfile(source), row["source"]
+        source_errors = _errors(exe, source, cache)
         sc = pydicom.dcmread(out / row["dicom"])
         assert sc.StudyInstanceUID and sc.Rows > 0
         for name in (row["dicom"], row["sr"]):
@@ -103,7 +111,8 @@ def test_every_real_dicom_file_through_explain_and_score(tmp_path, dicom_samples
     assert set(score_kinds) <= INPUT_KINDS, [r["error"] for r in scores if r["error"].startswith("internal")]
     scored = {(r["path"], r["frame"]) for r in scores if not r["error"]}
     for row in rows:  # what explain decoded, score decodes too
-        assert any(path == os.path.abspath(row["source"]) for path, _ in scored), row["source"]
+        source = os.path.abspath(_source_path(row["source"], dicom_samples))
+        assert any(path == source for path, _ in scored), row["source"]
 
     files = len(sample_files) + len(pydicom_files)
     print(

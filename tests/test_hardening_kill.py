@@ -199,8 +199,8 @@ def test_checkpoint_pair_survives_crash_between_the_two_renames(tmp_path, monkey
     import torch
 
     from medclass import checkpoint
-    from medclass import checkpoint as ck_mod
     from medclass.errors import CheckpointError
+    from medclass.weights import pair as pair_mod  # where the pair is committed
     from medclass.model import create_model
 
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def test_checkpoint_pair_survives_crash_between_the_two_renames(tmp_path, monkey
     def crash(*a, **k):
         raise Killed()
 
-    monkeypatch.setattr(ck_mod, "atomic_write_text", crash)
+    monkeypatch.setattr(pair_mod, "atomic_write_text", crash)  # the sidecar write, after the weights
     torch.manual_seed(1)
     with pytest.raises(Killed):
         checkpoint.save(stem, create_model(2, image_size=75), {"classes": ["a", "b"], "task": "multiclass"})

@@ -140,11 +140,25 @@ class RepeatFilter(logging.Filter):
         ]
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was when ``main``
+    ran: a caller that redirects stderr around ``main`` (tests, notebooks) never leaves the package logging
+    into a closed stream afterwards."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> RepeatFilter:
     level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
     if verbose == 0 and not quiet:
         level = logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     repeats = RepeatFilter(first=5 if verbose < 2 else 10**9)
     handler.addFilter(repeats)
