@@ -154,7 +154,9 @@ def test_outputs_per_image_and_study(runs):
     n_studies = len({r.study_uid for r in runs["data"].records})
     assert f"explained {n} image(s) in {n_studies} report(s), 1 failed" in runs["logs"]
     doc = json.loads((out / "explanations.json").read_text())
-    assert doc["method"] == "gradcam" and doc["layer"] == "Mixed_5d" and doc["grid"] == [13, 13]  # fits 128 px
+    assert (
+        doc["method"] == "gradcam" and doc["layer"] == "Mixed_5d" and doc["grid"] == [13, 13]
+    )  # fits 128 px
     assert doc["deidentified"] is True
     assert isinstance(doc["randomisation_check_spearman"], float)
     assert len(doc["images"]) == n and len(doc["errors"]) == 1

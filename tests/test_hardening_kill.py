@@ -200,8 +200,8 @@ def test_checkpoint_pair_survives_crash_between_the_two_renames(tmp_path, monkey
 
     from medclass import checkpoint
     from medclass.errors import CheckpointError
-    from medclass.weights import pair as pair_mod  # where the pair is committed
     from medclass.model import create_model
+    from medclass.weights import pair as pair_mod  # where the pair is committed
 
     torch.manual_seed(0)
     stem = tmp_path / "best"

@@ -401,7 +401,9 @@ def test_preview_writes_pngs_and_collects_errors(tmp_path, capsys):
     # two files of one name in different folders: each PNG names its own input, and previews.csv maps back
     for case in ("case1", "case2"):
         (src / case).mkdir()
-        PILImage.fromarray(np.full((40, 40), 7 if case == "case1" else 9, np.uint8)).save(src / case / "img.png")
+        PILImage.fromarray(np.full((40, 40), 7 if case == "case1" else 9, np.uint8)).save(
+            src / case / "img.png"
+        )
     code, out = _preview(tmp_path, src)
     assert code == ExitCode.OK
     names = sorted(p.name for p in out.glob("*.png"))

@@ -140,12 +140,12 @@ class RepeatFilter(logging.Filter):
         ]
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was when ``main``
     ran: a caller that redirects stderr around ``main`` (tests, notebooks) never leaves the package logging
     into a closed stream afterwards."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 

@@ -135,6 +135,23 @@ def _cap_hook(max_bytes: int) -> Callable[..., Any]:
     return hook
 
 
+def _session(ca_bundle: Path | None) -> Any:
+    """A requests session that verifies TLS against ``ca_bundle`` when one is given, else the system's trust
+    store. requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` override a session's ``verify`` (set on
+    many Debian and corporate machines), which would silently ignore ``--ca-bundle``; ours always wins, while
+    the environment still supplies proxies and the default bundle."""
+    import requests
+
+    class Session(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            settings: dict[str, Any] = super().merge_environment_settings(*args, **kwargs)
+            if ca_bundle is not None:
+                settings["verify"] = str(ca_bundle)
+            return settings
+
+    return Session()
+
+
 def _classify(exc: BaseException, what: str) -> PacsError:
     """The medclass error for a failed request (transient → :class:`PacsUnavailable`)."""
     import requests
@@ -145,6 +162,13 @@ def _classify(exc: BaseException, what: str) -> PacsError:
         status = exc.response.status_code
         kind = PacsUnavailable if status in RETRY_STATUSES else PacsError
         return kind(f"{what}: the server answered HTTP {status} {exc.response.reason or ''}".rstrip())
+    if isinstance(exc, requests.exceptions.SSLError):  # not transient: retrying will not make it trusted
+        reason = (
+            "certificate not trusted" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else "TLS handshake failed"
+        )
+        return PacsError(
+            f"{what}: {reason}; pass --ca-bundle FILE with the CA that signed the server's certificate"
+        )
     if isinstance(exc, requests.ConnectionError | requests.Timeout):
         return PacsUnavailable(f"{what}: server unreachable ({type(exc).__name__})")
     if isinstance(exc, requests.RequestException):
@@ -176,18 +200,16 @@ class PacsClient:
     """Requests to one DICOMweb root (see the module docstring for the errors)."""
 
     def __init__(self, connection: Connection, *, sleep: Callable[[float], None] = time.sleep) -> None:
-        import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.connection = connection
         self._sleep = sleep
-        session = requests.Session()
+        session = _session(connection.ca_bundle)
         auth = load_auth(connection.credentials_file)
         if isinstance(auth, tuple):
             session.auth = auth
         elif isinstance(auth, str):
             session.headers["Authorization"] = f"Bearer {auth}"
-        session.verify = str(connection.ca_bundle) if connection.ca_bundle else True
         session.hooks["response"].append(_cap_hook(connection.max_bytes))
         self.session = session
         self._client = DICOMwebClient(connection.url, session=session, timeout=connection.timeout)
