@@ -15,10 +15,14 @@ from medclass.names import AGGREGATIONS
 HELP = "measure a model on the test split: AUC with CIs, operating point from validation, report"
 DESCRIPTION = """\
 Evaluate a checkpoint on a manifest's test split (or an earlier run's predictions.csv) and write
-OUT/metrics.json, OUT/predictions.csv, one PNG per figure and a self-contained OUT/report.html.
+OUT/metrics.json, OUT/predictions.csv, one PNG per figure, a self-contained OUT/report.html and the
+operating point as OUT/operating_point.json and OUT/operating_point.md (a markdown table).
 
 The decision threshold (and, with --temperature-scaling, the temperature) is chosen on the validation
 split only and applied unchanged to the test split. AUCs get a stratified-bootstrap and a DeLong 95% CI.
+Whether the threshold transfers: a bootstrap re-chooses it on resampled validation sets, giving a 95% CI
+for the threshold and for the test sensitivity/specificity at it; a validation set with fewer than 20
+cases of a class is warned about (its threshold rarely holds on new patients).
 The image-level operating point is then stored in the checkpoint's sidecar (re-sealed; --no-attach to
 skip), so `score`'s decision column and `explain` use it. A two-class task reports its positive class:
 --positive-class, else the checkpoint's, else the class not named like a negative (normal, negative...).
@@ -196,6 +200,14 @@ def _print_summary(metrics: dict[str, Any]) -> None:
                 f"threshold {f(op['threshold'])}: sensitivity {f(op['sensitivity'])}, specificity {f(op['specificity'])}, "
                 f"accuracy {f(op['accuracy'])} [{f(op['accuracy_ci_low'])}, {f(op['accuracy_ci_high'])}]"
             )
+            b = op.get("threshold_bootstrap")
+            if b:
+                print(
+                    f"    bootstrap 95% CI: threshold [{f(b['threshold_ci_low'])}, {f(b['threshold_ci_high'])}], "
+                    f"sensitivity [{f(b['sensitivity_ci_low'])}, {f(b['sensitivity_ci_high'])}], "
+                    f"specificity [{f(b['specificity_ci_low'])}, {f(b['specificity_ci_high'])}] "
+                    f"(threshold re-chosen on each validation resample)"
+                )
         mc = block.get("multiclass")
         if mc:
             print(
@@ -223,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from medclass.fileio import atomic_write_text
     from medclass.report import write_evaluation
+    from medclass.report.markdown import threshold_markdown
     from medclass.weights import read_meta, resolve
 
     if args.checkpoint is not None:
@@ -268,8 +281,15 @@ def run(args: argparse.Namespace) -> int:
             c: (None if math.isnan(r.threshold) else r.threshold) for c, r in first.classes.items()
         },
         "temperature": result.temperature,
+        "threshold_bootstrap": {  # how well each threshold transfers (see metrics.json)
+            c: b["operating_point"].get("threshold_bootstrap")
+            for c, b in metrics["levels"][first.level]["classes"].items()
+        },
     }
     atomic_write_text(args.out / "operating_point.json", json.dumps(operating, indent=2) + "\n")
+    table = threshold_markdown(metrics)
+    if table:
+        atomic_write_text(args.out / "operating_point.md", table)
     _print_summary(metrics)
     _attach(args, result, metrics)
     print(f"report: {paths['report']}")

@@ -30,6 +30,7 @@ from medclass.metrics import (
     MulticlassSummary,
     OperatingPoint,
     TemperatureScaling,
+    ThresholdCI,
     ThresholdRule,
     aggregate,
     argmax_summary,
@@ -42,6 +43,7 @@ from medclass.metrics import (
     parse_threshold_rule,
     sensitivity_at_specificity,
     specificity_at_sensitivity,
+    threshold_ci,
     top_label_calibration,
 )
 
@@ -104,6 +106,7 @@ class ClassResult:
     average_precision: float
     roc: Curve | None
     pr: Curve | None
+    threshold_ci: ThresholdCI | None = None  # bootstrap CI of the threshold and the test rates at it
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def _reported(classes: tuple[str, ...], task: str, positive: str | None) -> tupl
 
 
 def _class_result(
-    name, k, val: PredictionTable, test: PredictionTable, rule, config, before, curves
+    name, k, val: PredictionTable, test: PredictionTable, rule, config, before, curves, level: str = ""
 ) -> ClassResult:
     yv, sv = val.y[:, k], val.scores[:, k]
     yt, st = test.y[:, k], test.scores[:, k]
@@ -208,12 +211,23 @@ def _class_result(
         average_precision=ap,
         roc=roc,
         pr=pr,
+        threshold_ci=threshold_ci(
+            yv,
+            sv,
+            yt,
+            st,
+            rule,
+            n_bootstrap=config.n_bootstrap,
+            seed=config.seed,
+            alpha=config.alpha,
+            what=f"{name} ({level} level)" if level else name,
+        ),
     )
 
 
 def _level(level, val, test, reported, rule, config, before) -> LevelResult:
     idx = {c: j for j, c in enumerate(test.classes)}
-    per = {c: _class_result(c, idx[c], val, test, rule, config, before, True) for c in reported}
+    per = {c: _class_result(c, idx[c], val, test, rule, config, before, True, level) for c in reported}
     single = test.task == "multiclass" and bool(np.all(test.y.sum(axis=1) == 1))
     cols = [idx[c] for c in reported]  # a binary task averages over its positive class only
     y_avg, s_avg = test.y[:, cols], test.scores[:, cols]

@@ -18,7 +18,12 @@ its positive class only, otherwise every class or finding)::
         operating_point {threshold, rule, rule_description, chosen_on,
                          sensitivity, specificity, ppv, npv (+ _ci_low/_ci_high, Wilson), f1, accuracy,
                          tp, fp, tn, fn, confusion_matrix [[tn, fp], [fn, tp]],
-                         validation {the same rates on the validation split}},
+                         validation {the same rates on the validation split},
+                         threshold_bootstrap {threshold, threshold_ci_low, threshold_ci_high,
+                                              sensitivity(_ci_low/_ci_high), specificity(...),
+                                              n_bootstrap, n_valid, seed, validation_n_pos,
+                                              validation_n_neg, min_validation_cases,
+                                              small_validation, method}},
         sensitivity_at_specificity {"0.9": {value, threshold, ci_low, ci_high}, "0.95": ...}  (bootstrap)
         specificity_at_sensitivity {"0.9": {value, threshold}, "0.95": ...},
         calibration {brier, ece, mce, n_bins, bins [{lower, upper, count, mean_predicted, observed}]},
@@ -41,7 +46,7 @@ from typing import Any
 
 from medclass import __version__
 from medclass.evaluate.core import ClassResult, EvaluationResult, LevelResult
-from medclass.metrics import AUCResult, BootstrapCI, CalibrationResult, OperatingPoint
+from medclass.metrics import AUCResult, BootstrapCI, CalibrationResult, OperatingPoint, ThresholdCI
 
 SCHEMA = "medclass.metrics/1"
 
@@ -102,6 +107,34 @@ def _boot(b: BootstrapCI) -> dict[str, Any]:
             "n_bootstrap_valid": b.n_valid}  # fmt: skip
 
 
+THRESHOLD_BOOTSTRAP_METHOD = (
+    "percentile bootstrap; each replicate resamples validation (positives and negatives apart) and "
+    "re-chooses the threshold with the same rule, and resamples the evaluated split to measure the rates at it"
+)
+
+
+def _threshold_bootstrap(t: ThresholdCI) -> dict[str, Any]:
+    """The threshold's bootstrap CI and the evaluated split's rates at it (see metrics.threshold_ci)."""
+    out: dict[str, Any] = {}
+    for name in ("threshold", "sensitivity", "specificity"):
+        iv = getattr(t, name)
+        out |= {
+            name: _num(iv.estimate),
+            f"{name}_ci_low": _num(iv.ci_low),
+            f"{name}_ci_high": _num(iv.ci_high),
+        }
+    return out | {
+        "n_bootstrap": t.n_bootstrap,
+        "n_valid": t.n_valid,
+        "seed": t.seed,
+        "validation_n_pos": t.val_n_pos,
+        "validation_n_neg": t.val_n_neg,
+        "min_validation_cases": t.min_cases,
+        "small_validation": t.small_validation,
+        "method": THRESHOLD_BOOTSTRAP_METHOD,
+    }
+
+
 def _band_ci(c: ClassResult, fpr: float) -> dict[str, Any]:
     """Bootstrap CI of the sensitivity at FPR <= ``fpr`` read from the ROC band (when on its grid)."""
     band = c.auc.band
@@ -119,6 +152,8 @@ def _class(c: ClassResult, rule: str, description: str) -> dict[str, Any]:
     op = _op(c.operating)
     op |= {"rule": rule, "rule_description": description, "chosen_on": "validation"}
     op["validation"] = {k: v for k, v in _op(c.val_operating).items() if k != "threshold"}
+    if c.threshold_ci is not None:
+        op["threshold_bootstrap"] = _threshold_bootstrap(c.threshold_ci)
     out["operating_point"] = op
     out["sensitivity_at_specificity"] = {
         f"{p.target:g}": {"value": _num(p.value), "threshold": _num(p.threshold)} | _band_ci(c, 1 - p.target)

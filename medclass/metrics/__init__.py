@@ -49,10 +49,18 @@ from medclass.metrics.operating import (
     tpr_at_fpr,
     wilson_ci,
 )
+from medclass.metrics.threshold_ci import (
+    MIN_VALIDATION_CASES,
+    Interval,
+    ThresholdCI,
+    small_validation_message,
+    threshold_ci,
+)
 
 __all__ = [
     "AGGREGATORS",
     "DEFAULT_FPR_GRID",
+    "MIN_VALIDATION_CASES",
     "THRESHOLD_RULES",
     "AUCResult",
     "AUCSummary",
@@ -62,12 +70,14 @@ __all__ = [
     "DeLongComparison",
     "DeLongResult",
     "FixedPoint",
+    "Interval",
     "MetricWarning",
     "MulticlassSummary",
     "OperatingPoint",
     "ReliabilityBin",
     "RocBand",
     "TemperatureScaling",
+    "ThresholdCI",
     "ThresholdRule",
     "aggregate",
     "argmax_summary",
@@ -88,7 +98,9 @@ __all__ = [
     "parse_threshold_rule",
     "roc_auc",
     "sensitivity_at_specificity",
+    "small_validation_message",
     "specificity_at_sensitivity",
+    "threshold_ci",
     "top_label_calibration",
     "tpr_at_fpr",
     "wilson_ci",

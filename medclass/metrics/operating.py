@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.metrics import confusion_matrix, roc_curve
+from sklearn.metrics import confusion_matrix
 
 from medclass.errors import ConfigError
 from medclass.metrics._checks import binary_inputs, both_classes, warn
@@ -61,22 +61,33 @@ class ThresholdRule:
         return f"{name} >= {self.target:g} (the best achievable threshold meeting it)"
 
 
+def _roc(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``roc_curve(y, s, drop_intermediate=False)`` of scikit-learn, without its input checks (the rules
+    run thousands of times inside a bootstrap); ``y`` 0/1 with both classes, ``s`` finite."""
+    order = np.argsort(s, kind="mergesort")[::-1]
+    s_desc, y_desc = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_desc)), len(s_desc) - 1]  # last index of each distinct score
+    tps = np.cumsum(y_desc)[last]
+    fps = 1 + last - tps
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]], np.r_[np.inf, s_desc[last]]
+
+
 def _youden(y: np.ndarray, s: np.ndarray, target: float | None) -> float:
-    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr, thr = _roc(y, s)
     j = tpr[1:] - fpr[1:]
     return float(thr[1:][int(np.argmax(j))])
 
 
 def _target_sensitivity(y: np.ndarray, s: np.ndarray, target: float | None) -> float:
     assert target is not None
-    _, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    _, tpr, thr = _roc(y, s)
     ok = np.flatnonzero(tpr[1:] >= target - _EPS)
     return float(thr[1:][ok[0]])  # tpr reaches 1 at the lowest score, so ok is never empty
 
 
 def _target_specificity(y: np.ndarray, s: np.ndarray, target: float | None) -> float:
     assert target is not None
-    fpr, _, thr = roc_curve(y, s, drop_intermediate=False)
+    fpr, _, thr = _roc(y, s)
     ok = np.flatnonzero(fpr[1:] <= 1 - target + _EPS)
     if ok.size == 0:  # even the top score admits too many negatives: call nothing positive
         return float(np.nextafter(s.max(), np.inf))

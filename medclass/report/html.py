@@ -120,6 +120,21 @@ def _operating_rows(level: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _transfer_rows(level: Mapping[str, Any]) -> list[list[str]]:
+    """Per class: validation counts, the threshold and the test rates at it, each with its bootstrap CI."""
+    rows = []
+    for name, c in level["classes"].items():
+        b = c["operating_point"].get("threshold_bootstrap")
+        if not b:
+            continue
+        counts = f"{num(b.get('validation_n_pos'))} / {num(b.get('validation_n_neg'))}"
+        if b.get("small_validation"):
+            counts += f" <b>(fewer than {num(b.get('min_validation_cases'))})</b>"
+        thr = f"{num(b.get('threshold'), 4)} <span class='muted'>{interval(b, 'threshold_ci_low', 'threshold_ci_high')}</span>"
+        rows.append([esc(name), counts, thr, ci(b, "sensitivity"), ci(b, "specificity")])
+    return rows
+
+
 def _fixed_rows(level: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for name, c in level["classes"].items():
@@ -201,6 +216,16 @@ def _level_section(
                         "NPV [95% CI]", "F1", "accuracy", "TP / FP / TN / FN"], _operating_rows(level)))  # fmt: skip
     parts.append("<p class='muted'>Rate CIs are Wilson score intervals. A case is called positive when its "
                  "probability is &ge; the threshold.</p>")  # fmt: skip
+    transfer = _transfer_rows(level)
+    if transfer:
+        parts.append("<h3>Does the threshold transfer? (bootstrap)</h3>")
+        parts.append(table(["class", "validation positives / negatives", "threshold [95% CI]",
+                            "test sensitivity [95% CI]", "test specificity [95% CI]"], transfer))  # fmt: skip
+        parts.append("<p class='muted'>Each bootstrap replicate resamples the validation cases and chooses the "
+                     "threshold again with the same rule, then measures the test rates at that threshold on a "
+                     "resample of the test cases: the intervals include the instability of the choice itself. "
+                     "A validation set with few cases of a class (marked in bold) rarely gives a threshold that "
+                     "transfers.</p>")  # fmt: skip
     fixed = _fixed_rows(level)
     if fixed:
         parts.append("<h3>Fixed operating points on the test ROC curve (achievable thresholds only)</h3>")

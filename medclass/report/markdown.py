@@ -1,0 +1,86 @@
+"""Markdown tables from plain data, for pasting into notes, issues and RESULTS.md."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def md_num(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, integers as they are, ``n/a`` for None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def md_cell(value: Any) -> str:
+    """Text safe inside a table cell (pipes and line breaks escaped)."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table (cells already formatted; escaped here)."""
+    lines = ["| " + " | ".join(md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _ci(block: Mapping[str, Any], key: str, digits: int = 3) -> str:
+    return (
+        f"{md_num(block.get(key), digits)} [{md_num(block.get(f'{key}_ci_low'), digits)}, "
+        f"{md_num(block.get(f'{key}_ci_high'), digits)}]"
+    )
+
+
+def threshold_markdown(metrics: Mapping[str, Any]) -> str:
+    """The operating point chosen on validation and how well it transfers, one row per level and class.
+
+    ``metrics`` is the ``metrics.json`` dict; classes without ``threshold_bootstrap`` are left out.
+    """
+    rule = metrics.get("threshold_rule", {}).get("rule", "")
+    splits = metrics.get("splits", {})
+    val, test = splits.get("validation", "validation"), splits.get("test", "test")
+    rows = []
+    small = 0
+    for level, block in metrics.get("levels", {}).items():
+        for name, c in block.get("classes", {}).items():
+            b = c.get("operating_point", {}).get("threshold_bootstrap")
+            if not b:
+                continue
+            counts = f"{b.get('validation_n_pos')} / {b.get('validation_n_neg')}"
+            if b.get("small_validation"):
+                counts += " **(few)**"
+                small = int(b.get("min_validation_cases") or 0)
+            rows.append(
+                [level, name, counts, _ci(b, "threshold", 4), _ci(b, "sensitivity"), _ci(b, "specificity")]
+            )
+    if not rows:
+        return ""
+    cfg = metrics.get("config", {})
+    text = (
+        f"Threshold rule `{rule}` chosen on `{val}`; sensitivity and specificity measured on `{test}`. "
+        f"95% percentile bootstrap CIs ({cfg.get('n_bootstrap')} resamples, seed {cfg.get('seed')}): each "
+        "replicate resamples validation and chooses the threshold again, then measures the rates on a "
+        f"resample of `{test}`.\n\n"
+    )
+    table = md_table(
+        [
+            "level",
+            "class",
+            f"{val} positives / negatives",
+            "threshold [95% CI]",
+            "sensitivity [95% CI]",
+            "specificity [95% CI]",
+        ],
+        rows,
+    )
+    note = ""
+    if small:
+        note = (
+            f"\n**(few)**: fewer than {small} validation cases of a class; a threshold chosen on so few "
+            "cases rarely transfers.\n"
+        )
+    return text + table + note
