@@ -148,3 +148,10 @@ def test_cli_writes_the_markdown_table_and_prints_the_interval(tmp_path, capsys)
     assert "| patient | PNEUMONIA | 19 / 40 **(few)** |" in md
     op = json.loads((out / "operating_point.json").read_text())
     assert op["threshold_bootstrap"]["PNEUMONIA"]["small_validation"] is True
+
+
+def test_markdown_cells_are_escaped():
+    from medclass.report.markdown import md_table
+
+    text = md_table(["a|b", "c"], [["<script>x</script>", "1\n2"]])
+    assert text.splitlines() == ["| a\\|b | c |", "|---|---|", "| &lt;script&gt;x&lt;/script&gt; | 1 2 |"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,8 +18,8 @@ def md_num(value: Any, digits: int = 3) -> str:
 
 
 def md_cell(value: Any) -> str:
-    """Text safe inside a table cell (pipes and line breaks escaped)."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a table cell: HTML escaped (markdown renders entities), pipes escaped, one line."""
+    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
