@@ -39,6 +39,34 @@ SERIES_NUMBER = 9901  # high, so the derived series sorts after the acquired one
 ANONYMIZED = "ANONYMIZED^"  # trailing caret: a one-component person name
 
 
+#: type 2 attributes: kept, emptied by de-identification
+BLANKED = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate", "StudyTime", "StudyID",
+           "ReferringPhysicianName")  # fmt: skip
+#: optional attributes: removed by de-identification
+REMOVED = ("OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "PatientAge", "PatientAddress",
+           "IssuerOfPatientID", "InstitutionName", "InstitutionAddress")  # fmt: skip
+
+
+def deidentify(ds: Dataset, patient_id: str | None, include_phi: bool) -> None:
+    """UTF-8 character set; unless ``include_phi``: PatientName "ANONYMIZED", PatientID the pseudonym of
+    ``patient_id``, :data:`BLANKED` emptied, :data:`REMOVED` removed, and the de-identification recorded.
+    The one de-identification of every DICOM object medclass writes besides the Secondary Capture (which
+    highdicom builds from :func:`_patient`)."""
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    if include_phi:
+        return
+    ds.PatientName = ANONYMIZED
+    ds.PatientID = pseudonym(patient_id) or "ANONYMIZED"
+    for keyword in BLANKED:
+        if keyword in ds:
+            setattr(ds, keyword, None)
+    for keyword in REMOVED:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "medclass: names, dates, IDs removed; UIDs kept"
+
+
 def series_description(method: str) -> str:
     """SeriesDescription of the saliency series (LO: at most 64 characters)."""
     return f"medclass saliency ({method}) — not for diagnostic use"[:64]
@@ -289,17 +317,5 @@ def _build_sr(
         is_verified=False,
         series_description=f"medclass scores ({method}) — not for diagnostic use"[:64],
     )
-    sr.SpecificCharacterSet = "ISO_IR 192"
-    if not include_phi:
-        sr.PatientName = ANONYMIZED
-        sr.PatientID = pseudonym(meta.patient_id) or "ANONYMIZED"
-        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate", "StudyTime", "StudyID",
-                        "ReferringPhysicianName"):  # fmt: skip
-            if keyword in sr:
-                setattr(sr, keyword, None)
-        for keyword in ("OtherPatientIDs", "OtherPatientNames", "PatientAge", "PatientAddress"):
-            if keyword in sr:
-                delattr(sr, keyword)
-        sr.PatientIdentityRemoved = "YES"
-        sr.DeidentificationMethod = "medclass: names, dates, IDs removed; UIDs kept"
+    deidentify(sr, meta.patient_id, include_phi)
     return sr

@@ -27,21 +27,16 @@ from pydicom.uid import generate_uid
 
 from medclass import __version__
 from medclass.errors import DataError, InputError
-from medclass.explain.dicom_out import ANONYMIZED, SERIES_NUMBER, read_source_header
+from medclass.explain.dicom_out import SERIES_NUMBER, deidentify, read_source_header
 from medclass.explain.dicom_refs import SourceRef, evidence, source_ref
 from medclass.explain.regions import Region
 from medclass.ingest.types import ImageMeta
-from medclass.phi import pseudonym
 
 log = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = SERIES_NUMBER + 2
 SEG_SERIES_NUMBER = SERIES_NUMBER + 3
 _SCHEME = "99MEDCLASS"
-_TYPE2 = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate", "StudyTime", "StudyID",
-          "ReferringPhysicianName")  # fmt: skip  # present but empty in the outputs
-_OPTIONAL = ("OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "PatientAge", "PatientAddress",
-             "IssuerOfPatientID", "InstitutionName", "InstitutionAddress")  # fmt: skip
 
 
 def _code(value: str, meaning: str) -> Any:
@@ -57,26 +52,8 @@ def _source(meta: ImageMeta, source: Dataset | None, include_phi: bool) -> tuple
     if not ref.sop_uid:
         raise InputError("the source has no SOP Instance UID to reference", meta.source)
     out = evidence(src, ref)
-    if include_phi:
-        return out, ref
-    out.PatientName = ANONYMIZED
-    out.PatientID = pseudonym(meta.patient_id) or "ANONYMIZED"
-    for keyword in _TYPE2:
-        setattr(out, keyword, None)
-    for keyword in _OPTIONAL:
-        if keyword in out:
-            delattr(out, keyword)
+    deidentify(out, meta.patient_id, include_phi)
     return out, ref
-
-
-def _deidentified(ds: Dataset, include_phi: bool) -> None:
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    if not include_phi:
-        for keyword in _TYPE2:
-            if keyword in ds:
-                setattr(ds, keyword, None)
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "medclass: names, dates, IDs removed; UIDs kept"
 
 
 def _frames(ref: SourceRef) -> list[int] | None:
@@ -172,7 +149,7 @@ def regions_sr(
         is_verified=False,
         series_description=f"medclass saliency regions ({method}) — not for diagnostic use"[:64],
     )
-    _deidentified(sr, include_phi)
+    deidentify(sr, meta.patient_id, include_phi)
     return sr
 
 
@@ -240,7 +217,7 @@ def regions_seg(
     )
     if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
         seg.PatientOrientation = src.get("PatientOrientation") or None  # Type 2C without a patient frame
-    _deidentified(seg, include_phi)
+    deidentify(seg, meta.patient_id, include_phi)
     return seg
 
 
