@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "evaluate": "evaluate",
     "compare": "compare",
+    "cv": "cv",
     "explain": "explain",
     "score": "score",
     "watch": "watch",

@@ -234,16 +234,23 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from medclass.train.config import TrainConfig
-
-    defaults = TrainConfig()
     parser.add_argument("--config", metavar="YAML", help="settings file (defaults ← this file ← options)")
     parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its 'last' checkpoint (same settings required)",
     )
+    add_recipe_options(parser)
+
+
+def add_recipe_options(parser: argparse.ArgumentParser | Any, skip: tuple[str, ...] = ()) -> None:
+    """The training settings as options (those in ``skip``, by config name, left out); also used by `cv`."""
+    from medclass.train.config import TrainConfig
+
+    defaults = TrainConfig()
     for flag, name, kwargs in _OPTIONS:
+        if name in skip:
+            continue
         kwargs = dict(kwargs)
         default = getattr(defaults, name)
         text = kwargs.pop("help", "")
