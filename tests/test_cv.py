@@ -119,7 +119,7 @@ def tiny_set(root: Path) -> Path:
 
 def _argv(manifest: Path, out: Path, *extra: str) -> list[str]:
     return ["cv", "--manifest", str(manifest), "--data-root", str(manifest.parent), "--out", str(out),
-            "--folds", "3", "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--bn-batches", "2",
+            "--folds", "3", "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--bn-batches", "1", "--aux-weight", "0",
             "--warmup-epochs", "0", "--device", "cpu", "--workers", "0", "--no-progress", "--bootstrap", "20",
             *extra]  # fmt: skip
 
@@ -155,12 +155,21 @@ def test_cv_end_to_end_contained_and_resumable(tmp_path, capsys, monkeypatch):
         assert Counter(r.split for r in fold.rows) == {"train": 6, "val": 6, "test": 6}
         assert fold.data_root.resolve() == manifest.parent.resolve()  # recorded in its .meta.json
 
-    # rerun: finished folds are kept, fold 2's training too (only its evaluation is redone)
+    # rerun: finished folds are kept (not retrained); fold 2, as if interrupted after its last epoch was
+    # saved, continues its training from 'last' (no epoch left: nothing retrained) and is evaluated
+    (out / "fold-2" / "trained.json").unlink()
     monkeypatch.setattr(medclass.evaluate, "predict_manifest", real_predict)
-    monkeypatch.setattr(
-        medclass.train, "train", lambda *a, **k: pytest.fail("a finished training was redone")
-    )
+    real_train, calls = medclass.train.train, []
+
+    def train_spy(config, *, resume=False, **k):
+        calls.append((Path(config.out).parent.name, resume))
+        return real_train(config, resume=resume, **k)
+
+    monkeypatch.setattr(medclass.train, "train", train_spy)
+    before = (out / "fold-2" / "run" / "best.safetensors").read_bytes()
     assert main(_argv(manifest, out)) == 0
+    assert calls == [("fold-2", True)]
+    assert (out / "fold-2" / "run" / "best.safetensors").read_bytes() == before
     text = capsys.readouterr().out
     assert "fold 1/3: finished earlier, kept" in text and "fold 3/3: finished earlier, kept" in text
     assert "fold 2/3: done in" in text and "opacity: auc " in text and "± " in text
