@@ -237,11 +237,11 @@ def _failed(fold: Any, exc: BaseException, start: float) -> dict[str, Any]:
 
 
 def _line(rec: dict[str, Any]) -> str:
-    def f(x: Any, d: int = 3) -> str:
-        return "n/a" if _num(x) is None else f"{x:.{d}f}"
+    def f(x: Any, spec: str = ".3f") -> str:
+        return "n/a" if _num(x) is None else format(x, spec)
 
     return "; ".join(
-        f"{r['class']}: AUC {f(r['auc'])}, ECE {f(r['ece'])}, threshold {f(r['threshold'], 4)} → sensitivity "
+        f"{r['class']}: AUC {f(r['auc'])}, ECE {f(r['ece'])}, threshold {f(r['threshold'], '.4g')} → sensitivity "
         f"{f(r['sensitivity'])}, specificity {f(r['specificity'])}"
         for r in rec["rows"]
     )

@@ -201,9 +201,9 @@ def _print_summary(metrics: dict[str, Any]) -> None:
                 f"accuracy {f(op['accuracy'])} [{f(op['accuracy_ci_low'])}, {f(op['accuracy_ci_high'])}]"
             )
             b = op.get("threshold_bootstrap")
-            if b:
+            if b and b.get("threshold_ci_low") is not None:
                 print(
-                    f"    bootstrap 95% CI: threshold [{f(b['threshold_ci_low'])}, {f(b['threshold_ci_high'])}], "
+                    f"    bootstrap 95% CI: threshold [{b['threshold_ci_low']:.4g}, {b['threshold_ci_high']:.4g}], "
                     f"sensitivity [{f(b['sensitivity_ci_low'])}, {f(b['sensitivity_ci_high'])}], "
                     f"specificity [{f(b['specificity_ci_low'])}, {f(b['specificity_ci_high'])}] "
                     f"(threshold re-chosen on each validation resample)"

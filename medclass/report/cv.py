@@ -62,11 +62,16 @@ def summarize_folds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _mean_sd(summary: Sequence[Mapping[str, Any]], name: str, key: str, digits: int = 3) -> str:
+def _fmt(key: str, value: Any) -> str:
+    """Thresholds with 4 significant digits (0.9998, 5e-13), the rates with 3 decimals."""
+    return md_num(value, 4, "g") if key == "threshold" else md_num(value)
+
+
+def _mean_sd(summary: Sequence[Mapping[str, Any]], name: str, key: str) -> str:
     s = next((x for x in summary if x["class"] == name and x["metric"] == key), None)
     if s is None or s["mean"] is None:
         return "n/a"
-    return f"{md_num(s['mean'], digits)} ± {md_num(s['sd'], digits)}"
+    return f"{_fmt(key, s['mean'])} ± {_fmt(key, s['sd'])}"
 
 
 def cv_markdown(
@@ -77,12 +82,12 @@ def cv_markdown(
     body = []
     for r in rows:
         counts = f"{r.get('n_train', '')} / {r.get('n_val', '')} / {r.get('n_test', '')}"
-        values = [md_num(r.get(k), 4 if k == "threshold" else 3) for k in CV_METRICS]
+        values = [_fmt(k, r.get(k)) for k in CV_METRICS]
         status = r.get("status", "") if r.get("status") == "ok" else f"failed: {r.get('error', '')}"
         body.append([r.get("fold", ""), r.get("class", ""), counts, *values, status])
     for name in dict.fromkeys(str(s["class"]) for s in summary):
         n = max((s["n_folds"] for s in summary if s["class"] == name), default=0)
-        values = [_mean_sd(summary, name, k, 4 if k == "threshold" else 3) for k in CV_METRICS]
+        values = [_mean_sd(summary, name, k) for k in CV_METRICS]
         body.append([f"**mean ± SD** ({n} folds)", name, "", *values, ""])
     return (intro + "\n\n" if intro else "") + md_table(header, body)
 

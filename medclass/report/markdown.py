@@ -8,12 +8,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def md_num(value: Any, digits: int = 3) -> str:
-    """A number with ``digits`` decimals, integers as they are, ``n/a`` for None/NaN."""
+def md_num(value: Any, digits: int = 3, kind: str = "f") -> str:
+    """A number with ``digits`` decimals (``kind`` "g": significant digits, for thresholds such as 0.9998
+    or 5e-13), integers as they are, ``n/a`` for None/NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.{digits}{kind}}"
     return str(value)
 
 
@@ -29,11 +30,9 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ci(block: Mapping[str, Any], key: str, digits: int = 3) -> str:
-    return (
-        f"{md_num(block.get(key), digits)} [{md_num(block.get(f'{key}_ci_low'), digits)}, "
-        f"{md_num(block.get(f'{key}_ci_high'), digits)}]"
-    )
+def _ci(block: Mapping[str, Any], key: str, digits: int = 3, kind: str = "f") -> str:
+    lo, hi = block.get(f"{key}_ci_low"), block.get(f"{key}_ci_high")
+    return f"{md_num(block.get(key), digits, kind)} [{md_num(lo, digits, kind)}, {md_num(hi, digits, kind)}]"
 
 
 def threshold_markdown(metrics: Mapping[str, Any]) -> str:
@@ -56,7 +55,14 @@ def threshold_markdown(metrics: Mapping[str, Any]) -> str:
                 counts += " **(few)**"
                 small = int(b.get("min_validation_cases") or 0)
             rows.append(
-                [level, name, counts, _ci(b, "threshold", 4), _ci(b, "sensitivity"), _ci(b, "specificity")]
+                [
+                    level,
+                    name,
+                    counts,
+                    _ci(b, "threshold", 4, "g"),
+                    _ci(b, "sensitivity"),
+                    _ci(b, "specificity"),
+                ]
             )
     if not rows:
         return ""
