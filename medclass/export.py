@@ -3,7 +3,8 @@
 ``model.onnx`` takes ``image`` (N×3×S×S float32, preprocessed as the sidecar's ``input`` says; N is a
 dynamic axis) and returns ``logits`` (N×C, the main head only: the aux head is not in the graph). The
 sidecar ``model.onnx.json`` holds ``classes``, ``task``, ``input``, ``window``, ``fit``,
-``operating_point`` and the checkpoint's weights ``sha256`` (so ``medclass score --backend onnxruntime``
+``operating_point``, ``calibration`` (applied to the logits by ``score --backend onnxruntime`` as by the
+torch backend) and the checkpoint's weights ``sha256`` (so ``medclass score --backend onnxruntime``
 can refuse an export of other weights), plus the ONNX file's own sha256 and size and the parity measured
 against torch right after export.
 
@@ -41,6 +42,7 @@ CARRIED_KEYS = (
     "window",
     "fit",
     "operating_point",
+    "calibration",
     "sha256",
     "num_classes",
     "image_size",
@@ -219,7 +221,7 @@ def export_onnx(
         "checkpoint": str(ckpt.path),
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "output": "main logits (softmax for multiclass, sigmoid for multilabel)",
+        "output": "main logits (softmax for multiclass, sigmoid for multilabel; then 'calibration' if present)",
         "opset": opset,
         "parity_max_abs_logit_diff": diff,
         "parity_max_rel_logit_diff": rel,

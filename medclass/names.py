@@ -44,17 +44,24 @@ SCORE_FORMATS = ("csv", "jsonl", "parquet")
 FINDING_PREFIX = "finding:"
 PROB_PREFIX = "prob:"
 
+#: how a checkpoint's probabilities are calibrated (:mod:`medclass.calibrate`; ``auto``: chosen by
+#: cross-fitted NLL on validation), and the prefix of the uncalibrated probabilities evaluate also writes
+CALIBRATION_METHODS = ("auto", "none", "temperature", "platt", "isotonic")
+RAW_PROB_PREFIX = "raw:"
+
 __all__ = [
     "AGGREGATIONS",
     "ARCHITECTURE",
     "BACKEND_NAMES",
     "CACHE_DTYPES",
     "CACHE_MODES",
+    "CALIBRATION_METHODS",
     "DEVICE_NAMES",
     "ENGINE_NAMES",
     "FINDING_PREFIX",
     "PRECISION_NAMES",
     "PROB_PREFIX",
+    "RAW_PROB_PREFIX",
     "SCORE_FORMATS",
     "TASKS",
     "TRANSFER_MODE_NAMES",

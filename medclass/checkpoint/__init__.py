@@ -178,9 +178,10 @@ def load(path: Path | str) -> Checkpoint:
     return Checkpoint(model=model, meta=meta, path=stem)
 
 
-def update_meta(path: Path | str, updates: dict[str, Any]) -> Path:
-    """Merge ``updates`` into a checkpoint's sidecar (e.g. ``operating_point`` from evaluate) and seal it
-    again; the weights are not touched. The weights are verified against the sidecar first, the result is
+def update_meta(path: Path | str, updates: dict[str, Any], *, drop: tuple[str, ...] = ()) -> Path:
+    """Merge ``updates`` into a checkpoint's sidecar (e.g. ``operating_point`` from evaluate, ``calibration``
+    from train or ``medclass calibrate``), remove the keys in ``drop``, and seal it again; the weights are not
+    touched. The weights are verified against the sidecar first, the result is
     validated like :func:`save`'s, and the sidecar is replaced atomically.
 
     Returns the sidecar's path. Raises :class:`CheckpointError` for a checkpoint :func:`load` would refuse
@@ -188,7 +189,7 @@ def update_meta(path: Path | str, updates: dict[str, Any]) -> Path:
     ``size``, ``num_classes``, ``classes``, ``architecture``, ``format_version``).
     """
     fixed = {"sha256", "size", "num_classes", "classes", "architecture", "format_version", "meta_sha256"}
-    touched = sorted(fixed & set(updates))
+    touched = sorted(fixed & (set(updates) | set(drop)))
     if touched:
         raise CheckpointError(f"refusing to change {', '.join(touched)} of a saved checkpoint", path)
     stem = resolve(path)
@@ -199,7 +200,8 @@ def update_meta(path: Path | str, updates: dict[str, Any]) -> Path:
             "sha256 mismatch: the weights file changed after saving; not updating its sidecar", weights
         )
     try:
-        merged = json.loads(json.dumps({**meta, **updates}, default=_jsonable))
+        kept = {k: v for k, v in meta.items() if k not in drop}
+        merged = json.loads(json.dumps({**kept, **updates}, default=_jsonable))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"meta cannot be written as JSON ({exc})", stem) from exc
     merged.pop("meta_sha256", None)

@@ -45,6 +45,7 @@ COMMANDS: dict[str, str] = {
     "preview": "preview",
     "manifest": "manifest",
     "train": "train",
+    "calibrate": "calibrate",
     "evaluate": "evaluate",
     "compare": "compare",
     "cv": "cv",

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medclass.cli.calibrate import add_no_calibration
 from medclass.names import AGGREGATIONS
 
 HELP = "measure a model on the test split: AUC with CIs, operating point from validation, report"
@@ -18,8 +19,11 @@ Evaluate a checkpoint on a manifest's test split (or an earlier run's prediction
 OUT/metrics.json, OUT/predictions.csv, one PNG per figure, a self-contained OUT/report.html and the
 operating point as OUT/operating_point.json and OUT/operating_point.md (a markdown table).
 
-The decision threshold (and, with --temperature-scaling, the temperature) is chosen on the validation
-split only and applied unchanged to the test split. AUCs get a stratified-bootstrap and a DeLong 95% CI.
+Probabilities are the checkpoint's calibrated ones (fitted on validation by train or `medclass
+calibrate`; --no-calibration: raw); metrics.json also reports NLL, ECE and Brier of the raw and the
+calibrated probabilities on both splits (checkpoint_calibration). The decision threshold (and, with
+--temperature-scaling, the temperature) is chosen on the validation split only, on the same probabilities,
+and applied unchanged to the test split. AUCs get a stratified-bootstrap and a DeLong 95% CI.
 Whether the threshold transfers: a bootstrap re-chooses it on resampled validation sets, giving a 95% CI
 for the threshold and for the test sensitivity/specificity at it; a validation set with fewer than 20
 cases of a class is warned about (its threshold rarely holds on new patients).
@@ -82,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--bins", type=int, default=10, help="calibration bins")
     parser.add_argument("--temperature-scaling", action="store_true", help="fit a temperature on validation")
+    add_no_calibration(parser)
 
 
 def _sha256(path: Path) -> str:
@@ -127,6 +132,7 @@ def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
         args.data_root,
         args.batch_size,
         allow_outside_root=args.allow_outside_root,
+        calibrated=not args.no_calibration,
     )
     write_predictions(args.out / "predictions.csv", rows)
     from medclass.weights import read_meta
@@ -141,8 +147,36 @@ def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
         "manifest": str(args.manifest),
         "manifest sha256": _sha256(args.manifest),
         "manifest sha256 at training": meta.get("manifest_sha256", ""),
+        "probabilities": _calibration_fact(meta, not args.no_calibration),
     }
     return rows
+
+
+def _calibration_fact(meta: dict[str, Any], enabled: bool) -> str:
+    from medclass.calibrate import Calibration
+
+    doc = meta.get("calibration")
+    if doc is None:
+        return "raw (the checkpoint holds no calibration; add one with medclass calibrate)"
+    if not enabled:
+        return "raw (--no-calibration)"
+    cal = Calibration.from_dict(doc)
+    return f"calibrated: {cal.describe()}, fitted on {doc.get('split')!r} (n={doc.get('n')})"
+
+
+def _calibration_block(args: argparse.Namespace, val: list[Any], test: list[Any], positive: Any) -> Any:
+    """metrics.json's ``checkpoint_calibration``: the method and raw vs calibrated NLL/ECE/Brier per split."""
+    from medclass.evaluate.calibrated import raw_vs_calibrated
+    from medclass.weights import read_meta
+
+    per_split = raw_vs_calibrated({args.val_split: val, args.split: test}, positive)
+    doc = read_meta(args.checkpoint).get("calibration") if args.checkpoint is not None else None
+    if per_split is None and doc is None:
+        return None
+    block: dict[str, Any] = {"applied": per_split is not None, "splits": per_split}
+    if isinstance(doc, dict):
+        block |= {k: doc.get(k) for k in ("method", "params", "split", "n", "selection")}
+    return block
 
 
 def _attach(args: argparse.Namespace, result: Any, metrics: dict[str, Any]) -> None:
@@ -171,6 +205,7 @@ def _attach(args: argparse.Namespace, result: Any, metrics: dict[str, Any]) -> N
             "chosen_on": args.val_split,
             "sensitivity": p.get("sensitivity"),
             "specificity": p.get("specificity"),
+            "scale": metrics["probability_scale"],  # score and explain apply it to these probabilities only
             "source": f"evaluate: threshold chosen on {args.val_split!r}, rates measured on {args.split!r}",
         }
     if op:
@@ -219,6 +254,11 @@ def _print_summary(metrics: dict[str, Any]) -> None:
         mi = block.get("micro")
         if mi:
             print(f"  micro AUC {f(mi['auc'])} [{f(mi['auc_ci_low'])}, {f(mi['auc_ci_high'])}]")
+    cal = metrics.get("checkpoint_calibration") or {}
+    for split, s in (cal.get("splits") or {}).items():
+        r, c = s["raw"], s["calibrated"]
+        print(f"{split} probabilities raw → calibrated ({cal.get('method')}): NLL {f(r['nll'])} → {f(c['nll'])}, "
+              f"ECE {f(r['ece'])} → {f(c['ece'])}, Brier {f(r['brier'])} → {f(c['brier'])}")  # fmt: skip
     for w in metrics.get("warnings", []):
         print(f"warning: {w}")
 
@@ -270,6 +310,10 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_predictions(val, test, config=config)
     metrics = to_dict(result)
     metrics["splits"] = {"validation": args.val_split, "test": args.split}
+    metrics["checkpoint_calibration"] = _calibration_block(args, val, test, positive)
+    metrics["probability_scale"] = (
+        "calibrated" if (metrics["checkpoint_calibration"] or {}).get("applied") else "raw"
+    )
     training = find_training_metrics(args.checkpoint, args.run_dir)
     paths = write_evaluation(metrics, args.out, facts=facts, training_rows=_training_rows(training))
     first = next(iter(result.levels.values()))
@@ -281,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
             c: (None if math.isnan(r.threshold) else r.threshold) for c, r in first.classes.items()
         },
         "temperature": result.temperature,
+        "scale": metrics["probability_scale"],
         "threshold_bootstrap": {  # how well each threshold transfers (see metrics.json)
             c: b["operating_point"].get("threshold_bootstrap")
             for c, b in metrics["levels"][first.level]["classes"].items()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.cli import pacs_args
+from medclass.cli.calibrate import add_no_calibration
 
 HELP = "saliency maps and clinician reports (HTML, PDF, DICOM Secondary Capture) for images"
 DESCRIPTION = """\
@@ -89,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=Path, help="metrics.json of `medclass evaluate` (operating points)")
     parser.add_argument("--slice-policy", default="middle", help="which slices of a volume to explain")
     parser.add_argument("--batch-size", type=int, default=8, help="images per saliency batch")
+    add_no_calibration(parser)
     regions = parser.add_argument_group(
         "regions (boxes and outlines of the map; not a segmentation of disease)"
     )
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from medclass import checkpoint, ingest
+    from medclass.calibrate import from_meta
     from medclass.cli import ExitCode
     from medclass.errors import ConfigError, look_up
     from medclass.explain import CAM_METHODS, FAITHFULNESS_METRICS, TARGET_LAYERS, Explainer
@@ -175,8 +178,9 @@ def run(args: argparse.Namespace) -> int:
         raise_internal=args.traceback,
     )
     explainer = Explainer(
-        ckpt.model, method=args.method, layer=args.layer, batch_size=args.batch_size, task=ckpt.task
-    )
+        ckpt.model, method=args.method, layer=args.layer, batch_size=args.batch_size, task=ckpt.task,
+        calibration=from_meta(ckpt.meta, enabled=not args.no_calibration),
+    )  # fmt: skip
     job = ExplainRun(ckpt, explainer, settings, args.out, metrics_doc, inputs=[Path(p) for p in args.paths])
     pacs = _pull_from_pacs(args, job, pushers) if args.dicomweb else None
     if sources is None:  # pulled from a PACS into OUT/.pull

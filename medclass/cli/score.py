@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medclass.cli import ExitCode, pacs_args
+from medclass.cli.calibrate import add_no_calibration
 from medclass.names import (
     AGGREGATIONS,
     BACKEND_NAMES,
@@ -93,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--onnx", type=Path, help="ONNX model from 'medclass export' (--backend onnxruntime)")
     run.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="bf16: autocast")
     run.add_argument("--device", choices=DEVICE_NAMES, default="auto")
+    add_no_calibration(run)
     run.add_argument(
         "--fast-decode",
         action="store_true",
@@ -168,6 +170,7 @@ def run(args: argparse.Namespace) -> ExitCode:
         engine=args.engine,
         ray_address=args.ray_address,
         actors=args.actors,
+        calibrated=not args.no_calibration,
     )
     if args.dicomweb:
         return _run_pacs(args, config)

@@ -8,7 +8,14 @@ import sys
 from typing import Any
 
 from medclass.cli import ExitCode
-from medclass.names import CACHE_DTYPES, CACHE_MODES, DEVICE_NAMES, PRECISION_NAMES, TRANSFER_MODE_NAMES
+from medclass.names import (
+    CACHE_DTYPES,
+    CACHE_MODES,
+    CALIBRATION_METHODS,
+    DEVICE_NAMES,
+    PRECISION_NAMES,
+    TRANSFER_MODE_NAMES,
+)
 from medclass.train.config import SELECTIONS
 
 HELP = "fine-tune Inception V3 (main + auxiliary head) on a manifest"
@@ -177,6 +184,16 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
             "far from the weights' own: eval-mode logits explode); 0 = off, keep the running averages",
         },
     ),
+    (
+        "--calibration",
+        "calibration",
+        {
+            "choices": CALIBRATION_METHODS,
+            "help": "after training, fit the probability calibration of 'best' on the validation split and "
+            "store it in best.json (auto: temperature, or platt/isotonic for two classes, or none, chosen by "
+            "cross-fitted validation NLL; evaluate/score/explain/export apply it; see medclass calibrate)",
+        },
+    ),
     ("--seed", "seed", {"type": int}),
     ("--device", "device", {"choices": DEVICE_NAMES, "help": "auto: CUDA when present"}),
     ("--precision", "precision", {"choices": PRECISION_NAMES, "help": "bf16 autocast or plain fp32"}),
@@ -308,6 +325,8 @@ def _summary(result: Any) -> None:
     console.print(f"[bold]training {how}[/bold] after epoch {result.last_epoch}")
     console.print(f"  best epoch {result.best_epoch}: val AUC {auc}")
     console.print(f"  best checkpoint: {result.best}.safetensors (+ .json)")
+    if result.calibration:
+        console.print(f"  calibration of best: {result.calibration}", markup=False)
     console.print(f"  last checkpoint: {result.last}.safetensors (+ .json; last.state.* for --resume)")
     console.print(f"  metrics: {result.run_dir / 'metrics.csv'}   config: {result.run_dir / 'config.yaml'}")
     if result.skipped:

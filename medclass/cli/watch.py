@@ -106,6 +106,7 @@ def state_counts(folder: Path) -> str:
 def _explainer(args: argparse.Namespace, pushers: list[Any]) -> Any:
     """``explain(uid) -> StudyResult``: one ExplainRun per study under STATE/explain/."""
     from medclass import checkpoint
+    from medclass.calibrate import from_meta
     from medclass.explain import Explainer
     from medclass.explain.runner import ExplainRun, Settings
     from medclass.pacs import PacsSource
@@ -114,7 +115,10 @@ def _explainer(args: argparse.Namespace, pushers: list[Any]) -> Any:
 
     ckpt = checkpoint.load(args.checkpoint)
     settings = Settings(dicom=True, faithfulness=None, pdf=False)
-    explainer = Explainer(ckpt.model, method=settings.method, layer=settings.layer, task=ckpt.task)
+    explainer = Explainer(
+        ckpt.model, method=settings.method, layer=settings.layer, task=ckpt.task,
+        calibration=from_meta(ckpt.meta),
+    )  # fmt: skip
     connection = pacs_args.connection(args)
 
     def explain(uid: str) -> Any:

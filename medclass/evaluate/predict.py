@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from medclass.errors import DataError
-from medclass.names import FINDING_PREFIX, PROB_PREFIX
+from medclass.names import FINDING_PREFIX, PROB_PREFIX, RAW_PROB_PREFIX
 from medclass.phi import pseudonym
 
 log = logging.getLogger(__name__)
@@ -34,41 +34,16 @@ def _truth(row: Any, manifest: Any) -> dict[str, Any]:
     return {"label": row.label}
 
 
-def predict_manifest(
-    checkpoint: str | os.PathLike[str],
-    manifest: str | os.PathLike[str] | Any,
-    splits: Sequence[str] = ("val", "test"),
-    data_root: str | os.PathLike[str] | None = None,
-    batch_size: int = 32,
-    *,
-    device: str = "cpu",
-    cache: str = "memory",
-    workers: int | None = None,
-    progress: bool = False,
-    allow_outside_root: bool = False,
-) -> list[dict[str, Any]]:
-    """Probabilities of the checkpoint's main head for every row of ``splits`` of the manifest.
-
-    Returns predictions rows (``image_id``, pseudonymised ``patient_id``/``study_id``, ``split``, the
-    truth as ``label`` or ``finding:<name>``, ``prob:<class>``, and the manifest's other columns). Rows
-    whose file cannot be decoded are skipped with a warning. ``allow_outside_root`` (a manifest given as a
-    path; None: off unless the caller opted in) lets manifest paths leave the data root. Raises
-    CheckpointError for a bad checkpoint, ManifestError for a bad manifest (UnsafePathError, naming the
-    line, for a path that leaves the data root: the whole manifest is refused), and DataError when the
-    manifest's classes or task differ from the checkpoint's or a split has no decodable rows.
-    """
-    import numpy as np
-    from torch.utils.data import DataLoader
-
+def _load(
+    checkpoint: Any, manifest: Any, splits: Sequence[str], data_root: Any, allow_outside_root: bool
+) -> Any:
+    """``(ckpt, manifest)``: the checkpoint loaded and the manifest checked against it (see
+    :func:`predict_manifest` for what is raised)."""
     from medclass import checkpoint as checkpoints
     from medclass.manifest import check_files, load_manifest
-    from medclass.model.predictor import TorchPredictor
-    from medclass.preprocess import Preprocessor
-    from medclass.preprocess.dataset import CachedDataset
 
     ckpt = checkpoints.load(Path(checkpoint))
-    meta = ckpt.meta
-    classes, task = list(meta["classes"]), str(meta["task"])
+    classes, task = list(ckpt.meta["classes"]), str(ckpt.meta["task"])
     if isinstance(manifest, (str, os.PathLike)):
         manifest = load_manifest(
             manifest,
@@ -83,13 +58,22 @@ def predict_manifest(
             f"on {task} classes {classes}",
             getattr(manifest, "path", None),
         )
-    preprocessor = Preprocessor.from_meta(meta)
-    predictor = TorchPredictor(ckpt.model, task, device=device)  # the one predictor (score, explain too)
-    out: list[dict[str, Any]] = []
+    return ckpt, manifest
+
+
+def _forward(
+    ckpt: Any, manifest: Any, splits: Sequence[str], predictor: Any, batch_size: int, dataset_options: Any
+) -> Iterator[tuple[str, Any, list[str], Any, Any]]:
+    """Per split: ``(split, dataset, image ids, logits N×C, targets)`` through the one predictor."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from medclass.preprocess import Preprocessor
+    from medclass.preprocess.dataset import CachedDataset
+
+    preprocessor = Preprocessor.from_meta(ckpt.meta)
     for split in splits:
-        ds = CachedDataset(
-            manifest, split, preprocessor, cache=cache, workers=workers, progress=progress
-        ).load()
+        ds = CachedDataset(manifest, split, preprocessor, **dataset_options).load()
         if ds.errors:
             log.warning(
                 "%s split: %d of %d rows could not be decoded and are left out",
@@ -97,11 +81,57 @@ def predict_manifest(
                 len(ds.errors),
                 len(ds.rows),
             )
+        logits, targets = [], []
+        for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
+            logits.append(predictor.logits(x).float().cpu())  # B×C
+            targets.append(y)
+        n = len(ckpt.meta["classes"])
+        yield (split, ds, ds.image_ids(), torch.cat(logits) if logits else torch.empty(0, n),
+               torch.cat(targets) if targets else torch.empty(0))  # fmt: skip
+
+
+def predict_manifest(
+    checkpoint: str | os.PathLike[str],
+    manifest: str | os.PathLike[str] | Any,
+    splits: Sequence[str] = ("val", "test"),
+    data_root: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    *,
+    device: str = "cpu",
+    cache: str = "memory",
+    workers: int | None = None,
+    progress: bool = False,
+    allow_outside_root: bool = False,
+    calibrated: bool = True,
+) -> list[dict[str, Any]]:
+    """Probabilities of the checkpoint's main head for every row of ``splits`` of the manifest.
+
+    Returns predictions rows (``image_id``, pseudonymised ``patient_id``/``study_id``, ``split``, the
+    truth as ``label`` or ``finding:<name>``, ``prob:<class>``, and the manifest's other columns). The
+    probabilities are calibrated by the checkpoint's calibration (when it has one and ``calibrated``), and
+    then the raw ones are added as ``raw:<class>``. Rows whose file cannot be decoded are skipped with a
+    warning. ``allow_outside_root`` (a manifest given as a path; None: off unless the caller opted in) lets
+    manifest paths leave the data root. Raises CheckpointError for a bad checkpoint, ManifestError for a bad
+    manifest (UnsafePathError, naming the line, for a path that leaves the data root: the whole manifest is
+    refused), and DataError when the manifest's classes or task differ from the checkpoint's or a split has
+    no decodable rows.
+    """
+    from medclass.calibrate import from_meta
+    from medclass.model.predictor import TorchPredictor
+
+    ckpt, manifest = _load(checkpoint, manifest, splits, data_root, allow_outside_root)
+    classes = list(ckpt.meta["classes"])
+    calibration = from_meta(ckpt.meta, enabled=calibrated)
+    predictor = TorchPredictor(
+        ckpt.model, ckpt.task, device=device, calibration=calibration
+    )  # the one predictor
+    out: list[dict[str, Any]] = []
+    options = {"cache": cache, "workers": workers, "progress": progress}
+    for split, ds, ids, logits, _ in _forward(ckpt, manifest, splits, predictor, batch_size, options):
         by_id = {image_id(r): r for r in ds.rows}
-        ids = ds.image_ids()
-        probs = [predictor(x) for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]  # B×C each
-        scores: Any = np.concatenate(probs) if probs else []
-        for iid, p in zip(ids, scores, strict=True):
+        scores = predictor.probabilities(logits)  # N×C
+        raw = predictor.probabilities(logits, calibrated=False) if calibration is not None else None
+        for i, (iid, p) in enumerate(zip(ids, scores, strict=True)):
             row = by_id[iid]
             rec: dict[str, Any] = {
                 "image_id": iid,
@@ -111,10 +141,57 @@ def predict_manifest(
             }
             rec |= _truth(row, manifest)
             rec |= {f"{PROB_PREFIX}{c}": float(v) for c, v in zip(classes, p, strict=True)}
+            if raw is not None:
+                rec |= {f"{RAW_PROB_PREFIX}{c}": float(v) for c, v in zip(classes, raw[i], strict=True)}
             rec |= {k: v for k, v in row.extra.items() if k not in rec}
             out.append(rec)
         log.info("%s split: predicted %d images", split, len(ids))
     return out
+
+
+def calibrate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    manifest: str | os.PathLike[str] | Any,
+    split: str = "val",
+    data_root: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    *,
+    method: str = "auto",
+    device: str = "cpu",
+    allow_outside_root: bool = False,
+    write: bool = True,
+) -> Any:
+    """Fit a calibration (:func:`medclass.calibrate.fit_calibration`) on the checkpoint's logits for
+    ``split`` of the manifest and, with ``write``, store it in the checkpoint's sidecar (re-sealed; the
+    weights and their sha256 are untouched). An ``operating_point`` stored by an earlier evaluate is on the
+    old probability scale, so it is removed (run evaluate again). Returns the
+    :class:`~medclass.calibrate.Calibration`. Raises what :func:`predict_manifest` raises, and DataError when
+    the split has no decodable rows.
+    """
+    from medclass import checkpoint as checkpoints
+    from medclass.calibrate import fit_calibration
+    from medclass.model.predictor import TorchPredictor
+
+    ckpt, manifest = _load(checkpoint, manifest, (split,), data_root, allow_outside_root)
+    predictor = TorchPredictor(ckpt.model, ckpt.task, device=device)
+    _, _, ids, logits, targets = next(_forward(ckpt, manifest, (split,), predictor, batch_size, {}))
+    if not ids:
+        raise DataError(
+            f"no decodable rows in split {split!r} to calibrate on", getattr(manifest, "path", None)
+        )
+    positive = ckpt.meta.get("positive_class")
+    index = ckpt.classes.index(positive) if positive in ckpt.classes else 1
+    cal = fit_calibration(
+        logits.numpy(), targets.numpy(), ckpt.task, method=method, positive=index, split=split
+    )
+    if write:
+        stale = "operating_point" in ckpt.meta
+        checkpoints.update_meta(ckpt.path, {"calibration": cal.to_dict()}, drop=("operating_point",))
+        if stale:
+            log.warning(
+                "removed the checkpoint's operating point (chosen on the old scale): run evaluate again"
+            )
+    return cal
 
 
 def find_training_metrics(

@@ -45,6 +45,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from medclass.calibrate import Calibration
 from medclass.errors import ConfigError, DataError, look_up
 from medclass.model import MainLogits
 from medclass.model.predictor import TorchPredictor
@@ -191,7 +192,9 @@ class Explainer:
     ``fast`` (default) differentiates only from the logits down to the target layer; ``fast=False`` runs
     grad-cam exactly as shipped (for comparison). ``task`` ("multiclass"/"multilabel") sets how logits
     become probabilities. ``model`` is a model (run where its parameters are, layout untouched) or a
-    :class:`~medclass.model.predictor.TorchPredictor` (its device and layout; its task wins). The model
+    :class:`~medclass.model.predictor.TorchPredictor` (its device, layout and calibration; its task wins);
+    ``calibration`` (a model given: the checkpoint's, :func:`medclass.calibrate.from_meta`) makes the
+    reported probabilities calibrated; the maps follow the logits either way. The model
     (aux head on or off, any training mode) is never modified.
     """
 
@@ -204,6 +207,7 @@ class Explainer:
         batch_size: int = 8,
         task: str = "multiclass",
         fast: bool = True,
+        calibration: Calibration | None = None,
     ) -> None:
         self.cam_class = look_up(CAM_METHODS, method, "saliency method")
         self.layer_fn = look_up(TARGET_LAYERS, layer, "target layer")
@@ -213,7 +217,9 @@ class Explainer:
             self.predictor = model
         else:
             device = next(iter(model.parameters()), torch.empty(0)).device
-            self.predictor = TorchPredictor(model, task, device=str(device), channels_last=False)
+            self.predictor = TorchPredictor(
+                model, task, device=str(device), channels_last=False, calibration=calibration
+            )
         self.model = self.predictor.module.model
         self.method = method
         self.layer = layer

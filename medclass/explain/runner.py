@@ -93,7 +93,8 @@ class ExplainRun:
             from medclass.explain.regions import RegionFinder
 
             self.finder = RegionFinder(settings.region_threshold, settings.max_regions)
-        self.operating_points = operating_points_from_meta(merge_evaluation(meta, metrics_doc))
+        scale = "raw" if explainer.predictor.calibration is None else "calibrated"  # thresholds must match
+        self.operating_points = operating_points_from_meta(merge_evaluation(meta, metrics_doc), scale=scale)
         manifest = meta.get("manifest") or meta.get("manifest_name") or "manifest"
         sha = meta.get("manifest_sha256")
         self.card = ModelCard(

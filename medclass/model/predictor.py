@@ -3,7 +3,10 @@
 A :class:`Predictor` is called on a batch ``x`` (N×3×S×S float32, numpy or torch, preprocessed as the
 checkpoint says) and returns the main head's class probabilities (N×C float32 numpy: a softmax over classes
 or a sigmoid per class, by the checkpoint's task). A backend overrides one method, :meth:`Predictor.logits`;
-turning logits into probabilities is shared, so every backend and every command agree on it:
+turning logits into probabilities is shared, so every backend and every command agree on it. A predictor
+given a ``calibration`` (the checkpoint's, :func:`medclass.calibrate.from_meta`; None with
+``--no-calibration``) returns calibrated probabilities; ``probabilities(logits, calibrated=False)`` gives the
+raw ones as well (evaluate reports both):
 
 - :class:`TorchPredictor`: the model behind :class:`~medclass.model.MainLogits` (the aux head is never
   computed), eval mode for the call only (the model's training flags are put back), moved once to its
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medclass.calibrate import Calibration
 from medclass.errors import ConfigError, look_up
 from medclass.model import TASK_ACTIVATIONS, MainLogits, autocast_context, probabilities, to_device
 from medclass.names import PRECISION_NAMES
@@ -41,23 +45,38 @@ class Predictor:
     """Batches of preprocessed images → main-head class probabilities. Override :meth:`logits`.
 
     ``task`` (``multiclass``/``multilabel``) sets the activation; ``device`` and ``precision`` (``fp32``,
-    ``bf16``) say where and how the backend runs. Raises :class:`ConfigError` for an unknown task.
+    ``bf16``) say where and how the backend runs; ``calibration`` (None: raw) maps logits to calibrated
+    probabilities. Raises :class:`ConfigError` for an unknown task or a calibration fitted for another task.
     """
 
     name = "base"
 
-    def __init__(self, task: str, *, device: str = "cpu", precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        task: str,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        calibration: Calibration | None = None,
+    ) -> None:
         look_up(TASK_ACTIVATIONS, task, "task")
+        if calibration is not None and calibration.task != task:
+            raise ConfigError(f"the calibration was fitted for a {calibration.task} task, not {task}")
         self.task = task
         self.device = device
         self.precision = precision
+        self.calibration = calibration
 
     def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The main head's logits (N×C, on any device, any float dtype) for ``x`` (N×3×S×S)."""
         raise NotImplementedError
 
-    def probabilities(self, logits: torch.Tensor) -> np.ndarray:
-        """Logits (N×C) → probabilities (N×C float32 numpy on the CPU), by :attr:`task`."""
+    def probabilities(self, logits: torch.Tensor, *, calibrated: bool = True) -> np.ndarray:
+        """Logits (N×C) → probabilities (N×C float32 numpy on the CPU), by :attr:`task`, through
+        :attr:`calibration` when there is one and ``calibrated`` is True."""
+        if calibrated and self.calibration is not None:
+            z = logits.detach().float().cpu().numpy()  # N×C
+            return self.calibration.probabilities(z).astype(np.float32)
         return probabilities(logits.detach(), self.task).cpu().numpy().astype(np.float32, copy=False)
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:  # N×3×S×S → N×C
@@ -94,9 +113,10 @@ class TorchPredictor(Predictor):
         device: str = "cpu",
         precision: str = "fp32",
         channels_last: bool = True,
+        calibration: Calibration | None = None,
     ) -> None:
         look_up(PRECISION_NAMES, precision, "precision")
-        super().__init__(task, device=device, precision=precision)
+        super().__init__(task, device=device, precision=precision, calibration=calibration)
         self.channels_last = channels_last
         self.module = MainLogits(model)
         to_device(self.module, device, channels_last=channels_last)
@@ -128,9 +148,15 @@ class OnnxPredictor(Predictor):
     name = "onnxruntime"
 
     def __init__(
-        self, onnx_path: str | os.PathLike[str], task: str, *, device: str = "cpu", threads: int = 0
+        self,
+        onnx_path: str | os.PathLike[str],
+        task: str,
+        *,
+        device: str = "cpu",
+        threads: int = 0,
+        calibration: Calibration | None = None,
     ) -> None:
-        super().__init__(task, device=device, precision="fp32")
+        super().__init__(task, device=device, precision="fp32", calibration=calibration)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -177,17 +203,18 @@ def make_predictor(
     device: str = "cpu",
     precision: str = "fp32",
     threads: int = 0,
+    calibration: Calibration | None = None,
 ) -> Predictor:
-    """The predictor ``name`` (see :data:`PREDICTORS`). Raises :class:`ConfigError` for an unknown name,
-    a missing model or ONNX path, or bf16 asked of onnxruntime.
+    """The predictor ``name`` (see :data:`PREDICTORS`), applying ``calibration`` when given. Raises
+    :class:`ConfigError` for an unknown name, a missing model or ONNX path, or bf16 asked of onnxruntime.
     """
     look_up(PREDICTORS, name, "backend")
     if name == "torch":
         if model is None:
             raise ConfigError("the torch backend needs --checkpoint")
-        return TorchPredictor(model, task, device=device, precision=precision)
+        return TorchPredictor(model, task, device=device, precision=precision, calibration=calibration)
     if onnx_path is None:
         raise ConfigError("--backend onnxruntime needs --onnx MODEL.onnx (make one with medclass export)")
     if precision != "fp32":
         raise ConfigError("--backend onnxruntime runs the exported fp32 graph; use --precision fp32")
-    return OnnxPredictor(onnx_path, task, device=device, threads=threads)
+    return OnnxPredictor(onnx_path, task, device=device, threads=threads, calibration=calibration)

@@ -150,7 +150,7 @@ class PacsScorer:
             raise ConfigError("--dicomweb scores study by study on the local engine; drop --engine")
         meta, model = load_meta(config)
         self.meta, self.model = meta, model
-        self.config, self.rule = config, DecisionRule.from_meta(meta)
+        self.config, self.rule = config, DecisionRule.from_meta(meta, calibrated=config.calibrated)
         self.model_sha = str(meta.get("sha256", ""))
         self.model_name = str(meta.get("input", {}).get("model_name", "inception_v3"))
         out = Path(config.out)

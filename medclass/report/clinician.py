@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any
 
 from medclass.preprocess.spec import input_spec
 from medclass.report.html import CSS
+
+log = logging.getLogger(__name__)
 
 NOT_FOR_DIAGNOSIS = (
     "NOT FOR DIAGNOSTIC USE. Research software: these maps show which image regions changed the model's "
@@ -145,8 +148,10 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
     return format(value, spec)
 
 
-def operating_points_from_meta(meta: Mapping[str, Any]) -> list[OperatingPoint]:
-    """Operating points from a checkpoint's ``meta`` (``operating_point`` and ``metrics``).
+def operating_points_from_meta(meta: Mapping[str, Any], *, scale: str | None = None) -> list[OperatingPoint]:
+    """Operating points from a checkpoint's ``meta`` (``operating_point`` and ``metrics``); with ``scale``
+    (``calibrated``/``raw``), only those chosen on probabilities of that scale (recorded as ``scale``;
+    none recorded: ``raw``), the others are left out with a warning.
 
     Accepts ``operating_point`` as ``{"class", "threshold", "sensitivity", "specificity"}``, a list of
     those, ``{class: threshold}`` or ``{class: {threshold, sensitivity, specificity}}``; sensitivity and
@@ -168,6 +173,14 @@ def operating_points_from_meta(meta: Mapping[str, Any]) -> list[OperatingPoint]:
     for name, value in items:
         d = dict(value) if isinstance(value, Mapping) else {"threshold": value}
         if not isinstance(d.get("threshold"), int | float):
+            continue
+        if scale is not None and d.get("scale", "raw") != scale:
+            log.warning(
+                "operating point of %s is on %s probabilities, not %s: left out",
+                name,
+                d.get("scale", "raw"),
+                scale,
+            )
             continue
         m = metrics.get(name) if isinstance(metrics.get(name), Mapping) else metrics
         sens = d.get("sensitivity", m.get("sensitivity") if isinstance(m, Mapping) else None)
@@ -299,6 +312,7 @@ def merge_evaluation(meta: Mapping[str, Any], doc: Any) -> Mapping[str, Any]:
             n = block.get("n_test")
             ops[name] = {
                 **op,
+                "scale": doc.get("probability_scale", "raw"),
                 "source": f"the evaluation test split ({n} images)" if n else "the evaluation test split",
             }
     return {**meta, "operating_point": ops} if ops else meta

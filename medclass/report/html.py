@@ -191,6 +191,27 @@ def _calibration_rows(level: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _checkpoint_calibration(block: Mapping[str, Any] | None) -> str:
+    """Raw versus calibrated probabilities per split (metrics.json's ``checkpoint_calibration``)."""
+    if not block or not block.get("splits"):
+        return ""
+    rows = [
+        [esc(split), esc(kind), num(s[kind].get("nll")), num(s[kind].get("ece")), num(s[kind].get("brier"))]
+        for split, s in block["splits"].items()
+        for kind in ("raw", "calibrated")
+    ]
+    sel = block.get("selection") or {}
+    how = (f"<p class='muted'>Calibration <code>{esc(block.get('method', ''))}</code> fitted on the "
+           f"{esc(block.get('split', ''))} split (n = {num(block.get('n'))}; {esc(sel.get('criterion', ''))}). "
+           "Thresholds and the tables below use the calibrated probabilities; AUC is the same for both. "
+           "The validation numbers after calibration are in-sample.</p>")  # fmt: skip
+    return (
+        "<h2>Calibrated probabilities</h2>"
+        + how
+        + table(["split", "probabilities", "NLL", "ECE", "Brier"], rows)
+    )
+
+
 def _level_section(
     name: str, level: Mapping[str, Any], figures: Mapping[str, tuple[bytes, str]], agg: str
 ) -> str:
@@ -290,6 +311,7 @@ def render_html(
         + "</div>"
     )  # fmt: skip
     parts.append(_facts(facts or {}))
+    parts.append(_checkpoint_calibration(metrics.get("checkpoint_calibration")))
     overlap = metrics.get("patients_in_val_and_test") or 0
     notes = list(metrics.get("warnings", []))
     if overlap:

@@ -8,24 +8,32 @@ Rules (the ``decision`` column of the scores names the one used):
   ``p >= t``, the most probable; if none passes, the most probable class without a threshold (for a
   binary model with a threshold on the positive class only: the negative class), else the argmax.
 - ``argmax`` (multiclass without an operating point) and ``threshold:0.5`` (multilabel without one).
+
+A threshold is only used on the probability scale it was chosen on: evaluate records ``scale``
+(``calibrated`` or ``raw``; none recorded: ``raw``) with each, and a threshold on the other scale than the
+one scored (``--no-calibration`` on a calibrated checkpoint) is left out with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from medclass.calibrate import scale as probability_scale
 from medclass.errors import CheckpointError, look_up
 from medclass.names import TASKS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MULTILABEL_THRESHOLD = 0.5
 LABEL_SEPARATOR = ";"
 
 
-def _thresholds(op: Any, classes: Sequence[str]) -> dict[str, float]:
+def _thresholds(op: Any, classes: Sequence[str], scale: str = "raw") -> dict[str, float]:
     if isinstance(op, Mapping) and isinstance(op.get("thresholds"), Mapping):
         op = op["thresholds"]
     if not isinstance(op, Mapping):
@@ -35,7 +43,16 @@ def _thresholds(op: Any, classes: Sequence[str]) -> dict[str, float]:
         if name not in classes:
             continue  # e.g. "rule", "chosen_on" next to the thresholds
         if isinstance(value, Mapping):
+            if value.get("scale", "raw") != scale:
+                log.warning(
+                    "operating point of %s was chosen on %s probabilities, these are %s: not used "
+                    "(run evaluate with the same calibration setting)",
+                    name, value.get("scale", "raw"), scale,
+                )  # fmt: skip
+                continue
             value = value.get("threshold")
+        elif scale != "raw":
+            continue  # a bare threshold: from before calibration, so on the raw scale
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[str(name)] = float(value)
     return out
@@ -51,15 +68,17 @@ class DecisionRule:
     name: str
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> DecisionRule:
-        """The rule for a checkpoint's ``meta``. Raises :class:`CheckpointError` for a malformed
-        operating point and :class:`ConfigError` for an unknown task.
+    def from_meta(cls, meta: Mapping[str, Any], *, calibrated: bool = True) -> DecisionRule:
+        """The rule for a checkpoint's ``meta``, scoring calibrated probabilities when the checkpoint has a
+        calibration and ``calibrated`` (``--no-calibration``: False). Raises :class:`CheckpointError` for a
+        malformed operating point and :class:`ConfigError` for an unknown task.
         """
         classes = tuple(str(c) for c in meta.get("classes") or ())
         task = str(meta.get("task", "multiclass"))
         look_up(TASKS, task, "task")
         op = meta.get("operating_point")
-        thresholds = _thresholds(op, classes) if op else {}
+        scale = probability_scale(meta, enabled=calibrated)
+        thresholds = _thresholds(op, classes, scale) if op else {}
         if thresholds:
             name = "operating_point"
         else:

@@ -53,6 +53,7 @@ class ScoreConfig:
     engine: str = "local"  # see ENGINES
     ray_address: str | None = None  # None: a Ray cluster on this machine, started for the run
     actors: int | None = None  # model replicas on the Ray engine; None: one per GPU, else one
+    calibrated: bool = True  # apply the checkpoint's calibration (False: --no-calibration, raw scores)
 
 
 @dataclass
@@ -140,14 +141,17 @@ def decode_min_size(fast_decode: bool, input_size: int) -> int | None:
     return 2 * input_size if fast_decode else None
 
 
-def build_backend(config: ScoreConfig, task: str, model: Any, device: str, threads: int) -> Any:
-    """The inference backend of ``config`` (see :func:`~medclass.score.backends.make_backend`); loads the
+def build_backend(config: ScoreConfig, meta: dict[str, Any], model: Any, device: str, threads: int) -> Any:
+    """The inference backend of ``config`` (see :func:`~medclass.score.backends.make_backend`) for the model
+    ``meta`` describes, applying its calibration unless ``config.calibrated`` is False; loads the
     checkpoint's model when ``model`` is None and the backend is torch (a Ray actor does that)."""
+    from medclass.calibrate import from_meta
     from medclass.score.backends import make_backend
 
     if model is None and config.backend == "torch":
         model = load_meta(config)[1]
     return make_backend(
-        config.backend, task=task, model=model, onnx_path=config.onnx, device=device,
-        precision=config.precision, threads=threads,
+        config.backend, task=str(meta.get("task", "multiclass")), model=model, onnx_path=config.onnx,
+        device=device, precision=config.precision, threads=threads,
+        calibration=from_meta(meta, enabled=config.calibrated),
     )  # fmt: skip

@@ -123,10 +123,10 @@ class ScoreBlock:
         from medclass.score.backends import pick_device
 
         torch.set_num_threads(threads)
-        self.rule = DecisionRule.from_meta(meta)
+        self.rule = DecisionRule.from_meta(meta, calibrated=config.calibrated)
         self.model_sha256 = str(meta.get("sha256", ""))
         self.device = pick_device(device)
-        self.backend = build_backend(config, self.rule.task, None, self.device, threads)
+        self.backend = build_backend(config, meta, None, self.device, threads)
         self.sink = sink
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def local_engine(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:
     device = pick_device(config.device)
     threads = _threads(config, workers)
     torch.set_num_threads(threads)
-    backend = build_backend(config, job.rule.task, job.model, device, threads)
+    backend = build_backend(config, job.meta, job.model, device, threads)
     settings = dict(device=device, workers=workers, threads=threads)
     log.info("local engine: %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
     job.output.open()
@@ -138,7 +138,7 @@ def run_scoring(
     if config.engine != "ray" and (config.ray_address or config.actors):
         raise ConfigError("--ray-address and --actors are for --engine ray")
     meta, model = load_meta(config)
-    rule = DecisionRule.from_meta(meta)
+    rule = DecisionRule.from_meta(meta, calibrated=config.calibrated)
     out = Path(config.out)
     fmt = output_format(out, config.format)
     output = ScoreOutput(out, fmt, score_columns(rule.classes))

@@ -19,6 +19,7 @@ from medclass.names import (
     ARCHITECTURE,
     CACHE_DTYPES,
     CACHE_MODES,
+    CALIBRATION_METHODS,
     DEVICE_NAMES,
     PRECISION_NAMES,
     TRANSFER_MODE_NAMES,
@@ -91,6 +92,7 @@ class TrainConfig:
     ema: bool = False  # validate, select and save an EMA of the weights (best holds it)
     ema_decay: float = 0.999  # EMA decay per step (warmed up from 0 over the first steps)
     bn_batches: int = 32  # re-estimate BatchNorm statistics over this many train batches; 0 = off
+    calibration: str = "auto"  # fitted on val for 'best' after training (medclass.calibrate); none = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "bf16"  # bf16 autocast | fp32
@@ -122,6 +124,7 @@ class TrainConfig:
         _choice("cache", self.cache, CACHES)
         _choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         _choice("select", self.select, SELECTIONS)
+        _choice("calibration", self.calibration, CALIBRATION_METHODS)
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if not self.manifest:

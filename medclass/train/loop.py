@@ -31,11 +31,12 @@ from medclass.runtime import tune_cpu_malloc
 from medclass.train import distributed as dist_
 from medclass.train import runfiles
 from medclass.train.averaging import WeightAverage
-from medclass.train.bnstats import bn_loader, recompute_bn_stats, saturated
+from medclass.train.bnstats import bn_loader, recompute_bn_stats
 from medclass.train.config import TrainConfig, check_resumable, read_saved, save_config
-from medclass.train.objective import InceptionLoss, epoch_seed, loss_weights, macro_auc
+from medclass.train.objective import InceptionLoss, epoch_seed, loss_weights
 from medclass.train.setup import Prepared, prepare
-from medclass.train.steps import StepRunner, predict
+from medclass.train.steps import StepRunner
+from medclass.train.validation import calibrate_best, validate, warn_saturated
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[Any] = field(default_factory=list)  # DecodeFailure of rows that could not be read
     resumed_from: int = 0
+    calibration: str = ""  # the calibration stored in best.json, in words ("" when none was fitted)
 
 
 class _Tracker:
@@ -299,8 +301,8 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
                     precision=config.precision,
                     channels_last=config.channels_last,
                 )
-        raw_auc, raw_loss, _, _ = _validate(p, model, val_criterion, config, ctx) if ema else (None,) * 4
-        val_auc, val_loss, val_count, val_saturated = _validate(p, held, val_criterion, config, ctx)
+        raw_auc, raw_loss, _, _ = validate(p, model, val_criterion, config, ctx) if ema else (None,) * 4
+        val_auc, val_loss, val_count, val_saturated = validate(p, held, val_criterion, config, ctx)
         row = {
             "epoch": epoch + 1,
             "lr": lr_now,
@@ -357,7 +359,8 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
             break
     if writer is not None:
         writer.close()
-    _warn_saturated(history, tracker.best_epoch)
+    warn_saturated(history, tracker.best_epoch)
+    calibration = calibrate_best(p, model, val_criterion, config, ctx)
     return TrainResult(
         run_dir=run_dir,
         best_epoch=tracker.best_epoch,
@@ -369,46 +372,5 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
         history=history,
         skipped=p.skipped,
         resumed_from=start_epoch if resume else 0,
+        calibration=calibration,
     )
-
-
-def _warn_saturated(history: list[dict[str, Any]], best_epoch: int) -> None:
-    """One warning line when the 'best' checkpoint's validation probabilities saturate (many exactly 0/1)."""
-    row = next((r for r in history if r.get("epoch") == best_epoch), None)
-    if row is None or not row.get("val_count"):
-        return
-    n, count = int(row.get("val_saturated") or 0), int(row["val_count"])
-    if n and n >= max(2, 0.05 * count):
-        log.warning(
-            "best (epoch %d): %d of %d validation images get a probability of exactly 0 or 1: the logits "
-            "have run away and its probabilities are not trustworthy (train longer, start from --weights, "
-            "or keep --bn-batches on)",
-            best_epoch,
-            n,
-            count,
-        )
-
-
-def _validate(
-    p: Prepared, model: torch.nn.Module, criterion: InceptionLoss, config: TrainConfig, ctx: dist_.DistContext
-) -> tuple[float, float, int, int]:
-    """Val AUC, mean val loss, the number of distinct validation images and how many of them have a
-    saturated probability (exactly 0 or 1), over all ranks."""
-    if p.val_loader is None:
-        return float("nan"), float("nan"), 0, 0
-    sampler = p.val_loader.sampler
-    indices = torch.tensor(list(iter(sampler)), dtype=torch.int64)
-    scores, targets, losses = predict(
-        model,
-        p.val_loader,
-        criterion,
-        p.task,
-        device=ctx.device,
-        precision=config.precision,
-        channels_last=config.channels_last,
-    )
-    scores, targets, losses = dist_.gather_predictions(indices, scores, targets, losses, ctx)
-    if len(scores) != len(p.val_ds or ()):
-        raise DataError(f"validation gathered {len(scores)} predictions for {len(p.val_ds or ())} images")
-    auc = macro_auc(targets.numpy(), scores.numpy(), p.task, p.classes)
-    return auc, float(losses.mean()), len(scores), saturated(scores)

@@ -125,6 +125,12 @@ def validate(meta: dict[str, Any], json_path: Path) -> None:
         raise CheckpointError(f"sidecar key 'task' is {meta['task']!r}, not one of {list(TASKS)}", json_path)
     if "input" in meta:
         _check_input(meta["input"], meta["image_size"], json_path)
+    if "calibration" in meta:  # optional: checkpoints from before calibration have none
+        from medclass.calibrate import check
+
+        problem = check(meta["calibration"], num_classes, str(meta.get("task", "multiclass")))
+        if problem:
+            raise CheckpointError(f"sidecar key 'calibration': {problem}", json_path)
 
 
 def read_sidecar(json_path: Path) -> dict[str, Any]:
