@@ -317,6 +317,7 @@ def fit_calibration(
     if not np.isfinite(z).all():
         raise DataError(f"{int((~np.isfinite(z)).any(axis=1).sum())} validation cases have NaN/inf logits")
     n_classes, binary = z.shape[1], is_binary(task, z.shape[1])
+    positive = positive if task == "multiclass" and 0 <= positive < n_classes else 0  # multilabel: output 0
     if method in _BINARY_ONLY and not binary:
         raise ConfigError(f"--method {method} applies to binary tasks only; use temperature (or auto)")
     labels = _binary_targets(yy, task, positive) if binary else yy

@@ -324,3 +324,13 @@ def test_export_carries_the_calibration_and_onnxruntime_applies_it(
     for f in files:
         np.testing.assert_allclose(onnx_scores[f.name], torch_scores[f.name], atol=1e-4)
     assert max(np.abs(onnx_scores[f.name] - raw[f.name]).max() for f in files) > 1e-3
+
+
+def test_multilabel_record_is_valid():
+    rng = np.random.default_rng(7)
+    z = rng.normal(0, 2, (60, 3))
+    y = (rng.random((60, 3)) < 1 / (1 + np.exp(-z / 2))).astype(int)
+    cal = fit_calibration(z, y, "multilabel", positive=1)
+    assert check(cal.to_dict(), 3, "multilabel") is None and cal.record["class_counts"] == y.sum(0).tolist()
+    one = fit_calibration(z[:, :1], y[:, :1], "multilabel", method="platt")  # one sigmoid output: binary
+    assert check(one.to_dict(), 1, "multilabel") is None and one.probabilities(z[:, :1]).shape == (60, 1)

@@ -400,6 +400,11 @@ def test_checkpoints_run_files_and_exact_resume(pngs, tmp_path):
     assert ck.meta["input"]["size"] == 75 and ck.meta["window"] == "auto" and ck.meta["fit"] == "letterbox"
     assert ck.meta["seed"] == 0 and set(ck.meta["versions"]) >= {"medclass", "torch", "timm"}
     assert ck.meta["metrics"]["epoch"] == full.best_epoch
+    # best is calibrated on its validation logits after training (4 val images: 2-fold cross-fitting)
+    cal = ck.meta["calibration"]
+    assert cal["split"] == "val" and cal["n"] == 4 and cal["selection"]["folds"] == 2
+    assert cal["method"] in ("none", "temperature", "platt", "isotonic") and full.calibration
+    assert resumed.calibration and "calibration" in checkpoint.load(tmp_path / "part" / "best").meta
     saved = yaml.safe_load((run / "config.yaml").read_text())
     from medclass.manifest import load_manifest
 
@@ -472,6 +477,7 @@ def test_multilabel_trains_with_sigmoid_bce(tmp_path):
     assert 0.0 <= row["val_auc"] <= 1.0 and row["val_count"] == 4
     meta = checkpoint.load(result.best).meta
     assert meta["task"] == "multilabel" and meta["classes"] == ["blob", "line"]
+    assert meta["calibration"]["task"] == "multilabel" and meta["calibration"]["n_classes"] == 2
 
 
 @pytest.mark.parametrize(("imbalance", "optimizer"), [("weighted", "adamw"), ("balanced", "rmsprop")])
