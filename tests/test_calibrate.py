@@ -334,3 +334,32 @@ def test_multilabel_record_is_valid():
     assert check(cal.to_dict(), 3, "multilabel") is None and cal.record["class_counts"] == y.sum(0).tolist()
     one = fit_calibration(z[:, :1], y[:, :1], "multilabel", method="platt")  # one sigmoid output: binary
     assert check(one.to_dict(), 1, "multilabel") is None and one.probabilities(z[:, :1]).shape == (60, 1)
+
+
+@pytest.mark.slow
+def test_explain_cli_shows_calibrated_probabilities_unless_told_not_to(
+    calibrated: Path, data: Path, tmp_path: Path
+):
+    from medclass.cli import main
+
+    (f,) = _images(data, 1)
+    z = _logits(calibrated, [f])
+    want = {"": from_meta(json.loads(Path(f"{calibrated}.json").read_text())).probabilities(z)[0],
+            "--no-calibration": (np.exp(z) / np.exp(z).sum(1, keepdims=True))[0]}  # fmt: skip
+    for flag, expected in want.items():
+        out = tmp_path / (flag or "cal")
+        argv = [
+            "explain",
+            "--checkpoint",
+            str(calibrated),
+            str(f),
+            "--out",
+            str(out),
+            "--no-pdf",
+            *filter(None, [flag]),
+        ]
+        assert main(argv) == 0
+        doc = json.loads((out / "explanations.json").read_text())
+        assert doc["probability_scale"] == ("raw" if flag else "calibrated")
+        (row,) = doc["images"]
+        np.testing.assert_allclose([row[f"prob:{c}"] for c in CLASSES], expected, atol=1e-5)

@@ -93,8 +93,12 @@ class ExplainRun:
             from medclass.explain.regions import RegionFinder
 
             self.finder = RegionFinder(settings.region_threshold, settings.max_regions)
-        scale = "raw" if explainer.predictor.calibration is None else "calibrated"  # thresholds must match
-        self.operating_points = operating_points_from_meta(merge_evaluation(meta, metrics_doc), scale=scale)
+        self.scale = (
+            "raw" if explainer.predictor.calibration is None else "calibrated"
+        )  # thresholds must match
+        self.operating_points = operating_points_from_meta(
+            merge_evaluation(meta, metrics_doc), scale=self.scale
+        )
         manifest = meta.get("manifest") or meta.get("manifest_name") or "manifest"
         sha = meta.get("manifest_sha256")
         self.card = ModelCard(
@@ -364,6 +368,7 @@ class ExplainRun:
             "input_size": self.size,
             "positive_class": self.positive_class,
             "model_sha256": self.card.model_sha256,
+            "probability_scale": self.scale,  # calibrated (the checkpoint's calibration) or raw
             "randomisation_check_spearman": self.card.randomisation_check,
             "region_threshold": self.s.region_threshold if self.s.regions else None,
             "deidentified": not self.s.include_phi,
