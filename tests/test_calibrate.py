@@ -246,8 +246,8 @@ def test_evaluate_reports_raw_and_calibrated_and_attaches_a_calibrated_threshold
 
     out = tmp_path / "ev"
     argv = ["evaluate", "--checkpoint", str(calibrated), "--manifest", str(data), "--data-root",
-            str(data.parent), "--out", str(out), "--bootstrap", "50", "--level", "image"]  # fmt: skip
-    assert main(argv) == 0
+            str(data.parent), "--bootstrap", "50", "--level", "image"]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "raw → calibrated (temperature)" in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -266,6 +266,12 @@ def test_evaluate_reports_raw_and_calibrated_and_attaches_a_calibrated_threshold
     assert DecisionRule.from_meta(meta).name == "operating_point"
     assert DecisionRule.from_meta(meta, calibrated=False).name == "argmax"  # not on raw scores
     assert json.loads((out / "operating_point.json").read_text())["scale"] == "calibrated"
+    # --no-calibration: raw probabilities, and their threshold does not replace the calibrated one
+    assert main([*argv, "--out", str(tmp_path / "raw"), "--no-calibration"]) == 0
+    assert "operating point not stored" in capsys.readouterr().out
+    raw_metrics = json.loads((tmp_path / "raw" / "metrics.json").read_text())
+    assert raw_metrics["probability_scale"] == "raw" and not raw_metrics["checkpoint_calibration"]["applied"]
+    assert read_meta(calibrated)["operating_point"] == meta["operating_point"]
 
 
 @pytest.mark.slow

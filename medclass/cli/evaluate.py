@@ -186,12 +186,20 @@ def _attach(args: argparse.Namespace, result: Any, metrics: dict[str, Any]) -> N
     block = metrics["levels"].get("image")
     if args.no_attach or args.checkpoint is None:
         return
-    if block is None or result.temperature is not None:
-        why = (
-            "no image level was measured"
-            if block is None
-            else "its thresholds are on temperature-scaled scores"
-        )
+    from medclass.calibrate import scale
+    from medclass.weights import read_meta
+
+    default_scale = scale(read_meta(args.checkpoint))  # what score and explain apply by default
+    why = (
+        "no image level was measured"
+        if block is None
+        else "its thresholds are on temperature-scaled scores"
+        if result.temperature is not None
+        else f"its thresholds are on {metrics['probability_scale']} probabilities, score applies {default_scale}"
+        if metrics["probability_scale"] != default_scale
+        else None
+    )
+    if why or block is None:
         print(f"operating point not stored in the checkpoint: {why}")
         return
     op = {}
