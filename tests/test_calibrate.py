@@ -261,6 +261,7 @@ def test_evaluate_reports_raw_and_calibrated_and_attaches_a_calibrated_threshold
     cal_auc = roc_auc_score(y, [float(r["prob:opacity"]) for r in rows])
     assert cal_auc == pytest.approx(roc_auc_score(y, [float(r["raw:opacity"]) for r in rows]))
     assert "Calibrated probabilities" in (out / "report.html").read_text()
+    assert "| test | calibrated |" in (out / "calibration.md").read_text()
     meta = read_meta(calibrated)
     assert meta["operating_point"]["opacity"]["scale"] == "calibrated"
     assert DecisionRule.from_meta(meta).name == "operating_point"

@@ -17,7 +17,8 @@ HELP = "measure a model on the test split: AUC with CIs, operating point from va
 DESCRIPTION = """\
 Evaluate a checkpoint on a manifest's test split (or an earlier run's predictions.csv) and write
 OUT/metrics.json, OUT/predictions.csv, one PNG per figure, a self-contained OUT/report.html and the
-operating point as OUT/operating_point.json and OUT/operating_point.md (a markdown table).
+operating point as OUT/operating_point.json and OUT/operating_point.md (a markdown table); with a
+calibrated checkpoint, OUT/calibration.md (raw vs calibrated NLL, ECE, Brier).
 
 Probabilities are the checkpoint's calibrated ones (fitted on validation by train or `medclass
 calibrate`; --no-calibration: raw); metrics.json also reports NLL, ECE and Brier of the raw and the
@@ -283,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from medclass.fileio import atomic_write_text
     from medclass.report import write_evaluation
-    from medclass.report.markdown import threshold_markdown
+    from medclass.report.markdown import calibration_markdown, threshold_markdown
     from medclass.weights import read_meta, resolve
 
     if args.checkpoint is not None:
@@ -343,6 +344,9 @@ def run(args: argparse.Namespace) -> int:
     table = threshold_markdown(metrics)
     if table:
         atomic_write_text(args.out / "operating_point.md", table)
+    calibrated = calibration_markdown(metrics)
+    if calibrated:
+        atomic_write_text(args.out / "calibration.md", calibrated)
     _print_summary(metrics)
     _attach(args, result, metrics)
     print(f"report: {paths['report']}")

@@ -91,3 +91,28 @@ def threshold_markdown(metrics: Mapping[str, Any]) -> str:
             "cases rarely transfers.\n"
         )
     return text + table + note
+
+
+def calibration_markdown(metrics: Mapping[str, Any]) -> str:
+    """Raw versus calibrated NLL, ECE and Brier per split (``metrics["checkpoint_calibration"]``), or ""
+    when the probabilities were not calibrated."""
+    block = metrics.get("checkpoint_calibration") or {}
+    if not block.get("splits"):
+        return ""
+    rows = [
+        [
+            split,
+            kind,
+            md_num(s[kind].get("nll"), 4),
+            md_num(s[kind].get("ece"), 4),
+            md_num(s[kind].get("brier"), 4),
+        ]
+        for split, s in block["splits"].items()
+        for kind in ("raw", "calibrated")
+    ]
+    sel = block.get("selection") or {}
+    text = (
+        f"Calibration `{block.get('method')}` fitted on `{block.get('split')}` (n = {block.get('n')}; "
+        f"{sel.get('criterion', '')}). The validation numbers after calibration are in-sample.\n\n"
+    )
+    return text + md_table(["split", "probabilities", "NLL", "ECE", "Brier"], rows)
