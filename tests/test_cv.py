@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from test_dataset import make_png_set
 
+from medclass import calibrate
 from medclass.cli import main
 from medclass.errors import DataError
 from medclass.manifest import load_manifest, write_manifest
 from medclass.manifest.folds import assign_folds, cv_plan, cv_pool
 from medclass.report.cv import cv_markdown, summarize_folds, write_cv
+from medclass.weights import read_meta
 
 
 def synthetic_manifest(folder: Path, n_patients: int = 60, images: int = 2, n_test: int = 10) -> Path:
@@ -177,8 +179,9 @@ def test_cv_end_to_end_contained_and_resumable(tmp_path, capsys, monkeypatch):
     assert [f["status"] for f in doc["folds"]] == ["ok"] * 3
     auc = next(s for s in doc["summary"] if s["metric"] == "auc")
     assert auc["n_folds"] == 3 and 0 <= auc["mean"] <= 1 and auc["sd"] is not None
-    for row in doc["folds"]:
-        assert row["class"] == "opacity" and 0 <= row["threshold"] <= 1 and row["probabilities"] == "raw"
+    for i, row in enumerate(doc["folds"], 1):
+        scale = calibrate.scale(read_meta(out / f"fold-{i}" / "run" / "best"))  # train calibrates best
+        assert row["class"] == "opacity" and 0 <= row["threshold"] <= 1 and row["probabilities"] == scale
         assert row["n_train"] == 6 and row["n_test"] == 6
     assert "mean ± SD" in (out / "cv.md").read_text() and (out / "cv.png").stat().st_size > 10_000
     # other settings in the same folder are refused before any work

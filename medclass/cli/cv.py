@@ -159,6 +159,7 @@ def _fold_rows(
 def _run_fold(args: argparse.Namespace, config: Any, manifest: Any, plan: Any, fold: Any) -> dict[str, Any]:
     """Train fold ``fold`` (or continue its training) and measure its held-out part; returns its record
     (also written as ``fold-<i>/result.json``). Raises whatever the stages raise."""
+    from medclass import calibrate
     from medclass.evaluate import (
         EvaluationConfig,
         evaluate_predictions,
@@ -207,10 +208,9 @@ def _run_fold(args: argparse.Namespace, config: Any, manifest: Any, plan: Any, f
     )
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     counts = {"n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test)}
-    calibration = meta.get("calibration")
     extra = {
         "best_epoch": info.get("best_epoch"),
-        "probabilities": "calibrated" if calibration else "raw",
+        "probabilities": calibrate.scale(meta),  # calibrated (train fitted one for best) or raw
         "seconds": round(time.monotonic() - start, 1),
         "error": "",
     }
