@@ -99,8 +99,8 @@ def test_summary_is_mean_and_sample_sd_over_finished_folds(tmp_path):
     doc = json.loads(paths["json"].read_text())
     assert doc["schema"] == "medclass.cv/1" and len(doc["folds"]) == 3 and doc["summary"]
     with paths["summary"].open() as fh:
-        assert {r["metric"] for r in csv.DictReader(fh)} == {"auc", "ece", "brier", "threshold", "sensitivity",
-                                                              "specificity"}  # fmt: skip
+        metrics = {r["metric"] for r in csv.DictReader(fh)}
+    assert metrics == {"auc", "ece", "ece_raw", "brier", "threshold", "sensitivity", "specificity"}
 
 
 # --- end to end ----------------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def tiny_set(root: Path) -> Path:
 def _argv(manifest: Path, out: Path, *extra: str) -> list[str]:
     return ["cv", "--manifest", str(manifest), "--data-root", str(manifest.parent), "--out", str(out),
             "--folds", "3", "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--bn-batches", "1", "--aux-weight", "0",
-            "--warmup-epochs", "0", "--device", "cpu", "--workers", "0", "--no-progress", "--bootstrap", "20",
+            "--warmup-epochs", "0", "--device", "cpu", "--workers", "0", "--no-progress", "--bootstrap", "20", "--calibration", "temperature",
             *extra]  # fmt: skip
 
 
@@ -183,6 +183,11 @@ def test_cv_end_to_end_contained_and_resumable(tmp_path, capsys, monkeypatch):
         scale = calibrate.scale(read_meta(out / f"fold-{i}" / "run" / "best"))  # train calibrates best
         assert row["class"] == "opacity" and 0 <= row["threshold"] <= 1 and row["probabilities"] == scale
         assert row["n_train"] == 6 and row["n_test"] == 6
+        assert 0 <= row["ece"] <= 1 and 0 <= row["ece_raw"] <= 1
+        # --calibration temperature: served probabilities are calibrated, raw ones come from the raw: columns
+        assert scale == "calibrated" and row["ece_raw"] != row["ece"]
+        assert "raw:opacity" in (out / f"fold-{i}" / "predictions.csv").read_text().splitlines()[0]
+    assert {s["metric"] for s in doc["summary"]} >= {"ece", "ece_raw"}
     assert "mean ± SD" in (out / "cv.md").read_text() and (out / "cv.png").stat().st_size > 10_000
     # other settings in the same folder are refused before any work
     assert main(_argv(manifest, out, "--epochs", "2")) == 1

@@ -29,8 +29,9 @@ folds by patient (--group-column), stratified by label, shuffled with --fold-see
 fold i, validates on fold i+1 (model selection, --select, and the threshold) and trains on the rest,
 with exactly the recipe `medclass train` would use (same options, same --config file). The held-out
 fold is then scored with the fold's best checkpoint (calibrated probabilities when the checkpoint carries
-a calibration) and measured: AUC, ECE, Brier, the threshold chosen on the fold's validation part
-(--threshold) and the sensitivity/specificity it gives on the held-out part.
+a calibration, as train fits one) and measured: AUC, ECE and Brier (also of the raw probabilities), the
+threshold chosen on the fold's validation part (--threshold) and the sensitivity/specificity it gives on
+the held-out part.
 
 Use it to choose the recipe's defaults (epochs, lr, --select, --ema...) by the mean and spread over folds,
 never by the test split; then train once on the original split and evaluate on test.
@@ -137,15 +138,34 @@ def _num(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
 
 
+def _raw_calibration(rows: list[Any], classes: list[str], n_bins: int) -> dict[str, dict[str, float]]:
+    """ECE and Brier of the raw (uncalibrated) probabilities per class, from the ``raw:<class>`` columns
+    predictions rows carry when the checkpoint calibrates; {} when they have none (nothing was calibrated)."""
+    from medclass.evaluate import prediction_table
+    from medclass.metrics import calibration
+    from medclass.names import RAW_PROB_PREFIX
+
+    table = prediction_table(rows, what="held-out fold")
+    out = {}
+    for name in classes:
+        column = f"{RAW_PROB_PREFIX}{name}"
+        if column in rows[0]:
+            y = table.y[:, table.classes.index(name)]
+            result = calibration(y, [float(r[column]) for r in rows], n_bins=n_bins, what=name)
+            out[name] = {"ece_raw": result.ece, "brier_raw": result.brier}
+    return out
+
+
 def _fold_rows(
-    fold: Any, metrics: dict[str, Any], counts: dict[str, int], extra: dict[str, Any]
+    fold: Any, metrics: dict[str, Any], counts: dict[str, int], extra: dict[str, Any], raw: dict[str, Any]
 ) -> list[dict]:
-    """One row per reported class from the fold's metrics.json dict."""
+    """One row per reported class from the fold's metrics.json dict (``raw``: :func:`_raw_calibration`)."""
     rows = []
     for name, c in metrics["levels"]["image"]["classes"].items():
         op, cal = c["operating_point"], c.get("calibration") or {}
         boot = op.get("threshold_bootstrap") or {}
-        rows.append(counts | {
+        before = raw.get(name, {"ece_raw": cal.get("ece"), "brier_raw": cal.get("brier")})  # raw = served
+        rows.append(counts | before | {
             "fold": fold.index, "class": name, "status": "ok", "n_test_pos": c.get("n_pos"),
             "n_test_neg": c.get("n_neg"), "auc": c.get("auc"), "ece": cal.get("ece"), "brier": cal.get("brier"),
             "threshold": op.get("threshold"), "sensitivity": op.get("sensitivity"),
@@ -208,6 +228,7 @@ def _run_fold(args: argparse.Namespace, config: Any, manifest: Any, plan: Any, f
     )
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     counts = {"n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test)}
+    raw = _raw_calibration(split_rows(rows, "test"), list(metrics["levels"]["image"]["classes"]), args.bins)
     extra = {
         "best_epoch": info.get("best_epoch"),
         "probabilities": calibrate.scale(meta),  # calibrated (train fitted one for best) or raw
@@ -217,7 +238,7 @@ def _run_fold(args: argparse.Namespace, config: Any, manifest: Any, plan: Any, f
     record = {
         "fold": fold.index,
         "status": "ok",
-        "rows": _fold_rows(fold, metrics, counts, extra),
+        "rows": _fold_rows(fold, metrics, counts, extra, raw),
         "curves": {
             name: {"fpr": c["curves"]["roc"]["fpr"], "tpr": c["curves"]["roc"]["tpr"]}
             for name, c in metrics["levels"]["image"]["classes"].items()

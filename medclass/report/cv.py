@@ -24,6 +24,7 @@ from medclass.report.markdown import md_num, md_table
 CV_METRICS: dict[str, str] = {
     "auc": "AUC",
     "ece": "ECE",
+    "ece_raw": "ECE raw",
     "brier": "Brier",
     "threshold": "threshold",
     "sensitivity": "sensitivity",
@@ -31,7 +32,7 @@ CV_METRICS: dict[str, str] = {
 }
 FOLD_COLUMNS = (
     "fold", "class", "status", "n_train", "n_val", "n_test", "n_test_pos", "n_test_neg", "best_epoch",
-    "auc", "ece", "brier", "threshold", "sensitivity", "specificity", "val_sensitivity", "val_specificity",
+    "auc", "ece", "ece_raw", "brier", "brier_raw", "threshold", "sensitivity", "specificity", "val_sensitivity", "val_specificity",
     "threshold_ci_low", "threshold_ci_high", "probabilities", "seconds", "error",
 )  # fmt: skip
 SUMMARY_COLUMNS = ("class", "metric", "mean", "sd", "min", "max", "n_folds")
