@@ -49,6 +49,18 @@ PROB_PREFIX = "prob:"
 CALIBRATION_METHODS = ("auto", "none", "temperature", "platt", "isotonic")
 RAW_PROB_PREFIX = "raw:"
 
+#: what ``--gate`` does with an out-of-scope image (:mod:`medclass.gate`): flag it and still give
+#: probabilities, refuse it (a row without probabilities, decision ``refused``), or not gate at all
+GATE_MODES = ("flag", "refuse", "off")
+#: the ``decision`` of a row the gate refused (``--gate refuse``)
+REFUSED = "refused"
+#: the gate's columns in score rows, evaluate predictions and explain rows: in scope (true/false; empty
+#: when not gated), why not, and the feature distance over its validation threshold (> 1: out of scope)
+IN_SCOPE_COLUMN = "in_scope"
+GATE_REASON_COLUMN = "gate_reason"
+OOD_SCORE_COLUMN = "ood_score"
+GATE_COLUMNS = (IN_SCOPE_COLUMN, GATE_REASON_COLUMN, OOD_SCORE_COLUMN)
+
 __all__ = [
     "AGGREGATIONS",
     "ARCHITECTURE",
@@ -59,9 +71,15 @@ __all__ = [
     "DEVICE_NAMES",
     "ENGINE_NAMES",
     "FINDING_PREFIX",
+    "GATE_COLUMNS",
+    "GATE_MODES",
+    "GATE_REASON_COLUMN",
+    "IN_SCOPE_COLUMN",
+    "OOD_SCORE_COLUMN",
     "PRECISION_NAMES",
     "PROB_PREFIX",
     "RAW_PROB_PREFIX",
+    "REFUSED",
     "SCORE_FORMATS",
     "TASKS",
     "TRANSFER_MODE_NAMES",

@@ -53,6 +53,7 @@ COMMANDS: dict[str, str] = {
     "score": "score",
     "watch": "watch",
     "export": "export",
+    "profile": "profile",
     "demo": "demo",
 }
 

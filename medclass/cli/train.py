@@ -246,6 +246,15 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
             "help": "also log to RUN_DIR/tensorboard (needs medclass[tracking])",
         },
     ),
+    (
+        "--profile",
+        "profile",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "at the end, fit the input gate's profile of the training data into 'best' (one more "
+            "forward pass over the train and val images; see medclass profile) (default: on)",
+        },
+    ),
     ("--progress", "progress", {"action": argparse.BooleanOptionalAction, "help": "progress bars"}),
 ]
 

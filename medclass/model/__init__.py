@@ -260,6 +260,15 @@ class MainLogits(nn.Module):
         out = m(x)
         return out[0] if isinstance(out, tuple | list) else out
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The main logits (N×C) and, in the same forward pass, the pooled pre-``fc`` features (N×D; None
+        for a model that is not timm's Inception V3)."""
+        m = self.model
+        if isinstance(m, InceptionV3):
+            pooled = m.forward_head(m.forward_postaux(m.forward_preaux(x)), pre_logits=True)  # N×2048
+            return m.fc(pooled), pooled
+        return self(x), None
+
 
 def unwrap(model: nn.Module, *, compiled: bool = True) -> nn.Module:
     """The model inside :class:`MainLogits`, (Distributed)DataParallel and, if ``compiled``, torch.compile.

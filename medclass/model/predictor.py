@@ -71,6 +71,17 @@ class Predictor:
         """The main head's logits (N×C, on any device, any float dtype) for ``x`` (N×3×S×S)."""
         raise NotImplementedError
 
+    def logits_and_features(self, x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The main logits and the pooled penultimate features of one forward pass (None when the backend
+        has none: the input gate then checks headers and layout only). Override where features exist."""
+        return self.logits(x), None
+
+    def predict(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N×C, as :meth:`__call__`) and pooled features (N×D float32, or None) of ``x``."""
+        logits, features = self.logits_and_features(x)
+        feats = None if features is None else features.detach().float().cpu().numpy()
+        return self.probabilities(logits), feats
+
     def probabilities(self, logits: torch.Tensor, *, calibrated: bool = True) -> np.ndarray:
         """Logits (N×C) → probabilities (N×C float32 numpy on the CPU), by :attr:`task`, through
         :attr:`calibration` when there is one and ``calibrated`` is True."""
@@ -136,6 +147,12 @@ class TorchPredictor(Predictor):
             t = self.prepare(x)
             with autocast_context(self.device, self.precision):
                 return self.module(t)
+
+    def logits_and_features(self, x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.inference_mode(), eval_mode(self.module):
+            t = self.prepare(x)
+            with autocast_context(self.device, self.precision):
+                return self.module.logits_and_features(t)  # N×C, N×2048
 
 
 class OnnxPredictor(Predictor):

@@ -111,6 +111,7 @@ class TrainConfig:
     window: str = "auto"  # Preprocessor window policy
     fit: str = "letterbox"  # Preprocessor fit policy
     tensorboard: bool = False
+    profile: bool = True  # fit the input gate's training-data profile into 'best' (medclass.gate)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recorded, never interpreted
 

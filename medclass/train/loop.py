@@ -361,6 +361,8 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
         writer.close()
     warn_saturated(history, tracker.best_epoch)
     calibration = calibrate_best(p, model, val_criterion, config, ctx)
+    if config.profile and ctx.is_main and tracker.best_epoch and last_epoch > start_epoch:
+        _profile_best(p, run_dir, config, ctx)  # after calibration: best's sidecar is final by now
     return TrainResult(
         run_dir=run_dir,
         best_epoch=tracker.best_epoch,
@@ -374,3 +376,21 @@ def _train(config: TrainConfig, ctx: dist_.DistContext, resume: bool, max_epochs
         resumed_from=start_epoch if resume else 0,
         calibration=calibration,
     )
+
+
+def _profile_best(p: Prepared, run_dir: Path, config: TrainConfig, ctx: dist_.DistContext) -> None:
+    """The input gate's profile into ``best`` (:mod:`medclass.train.profiling`). A failure leaves ``best``
+    without one, with a warning saying how to add it later: the trained weights are still good."""
+    from medclass.errors import MedclassError
+    from medclass.train.profiling import profile_checkpoint
+
+    try:
+        profile_checkpoint(
+            run_dir / "best", p.manifest, p.train_ds, p.val_ds,
+            device=str(ctx.device), batch_size=config.batch_size, seed=config.seed,
+        )  # fmt: skip
+    except MedclassError as exc:
+        log.warning(
+            "best has no input-gate profile (%s); add one with: medclass profile --checkpoint %s --manifest %s",
+            exc, run_dir / "best", config.manifest,
+        )  # fmt: skip

@@ -131,6 +131,9 @@ def validate(meta: dict[str, Any], json_path: Path) -> None:
         problem = check(meta["calibration"], num_classes, str(meta.get("task", "multiclass")))
         if problem:
             raise CheckpointError(f"sidecar key 'calibration': {problem}", json_path)
+    gate = meta.get("gate_profile")  # the input gate's training-data profile (medclass.gate); optional
+    if gate is not None and not (isinstance(gate, dict) and is_int(gate.get("version"))):
+        raise CheckpointError("sidecar key 'gate_profile' is not a versioned profile object", json_path)
 
 
 def read_sidecar(json_path: Path) -> dict[str, Any]:
