@@ -42,7 +42,6 @@ def fitted():
 
 def test_threshold_is_the_validation_percentile(fitted):
     model, basis, rng = fitted
-    xv, _, _ = _features(np.random.default_rng(0), 300, basis=basis)
     assert model.threshold_ is not None and model.threshold_ > 0
     # new in-distribution images: about 1% above the 99th percentile of validation
     xt, _, _ = _features(rng, 2000, basis=basis)

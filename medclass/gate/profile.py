@@ -123,16 +123,17 @@ class MetaProfile:
         ):
             if value and seen and value not in seen:
                 out.append(f"{what} {value} not in training data ({', '.join(seen)})")
-        for what, value, bounds, unit in (
+        sizes: tuple[tuple[str, float | None, list[float] | None, str], ...] = (
             ("rows", facts.rows, self.rows_, " px"),
             ("columns", facts.cols, self.cols_, " px"),
             ("pixel spacing", facts.spacing, self.spacing_, " mm"),
-        ):
-            if value is None or bounds is None:
+        )
+        for name, amount, bounds, unit in sizes:
+            if amount is None or bounds is None:
                 continue
             lo, hi = bounds[0] / self.range_factor, bounds[1] * self.range_factor
-            if not lo <= value <= hi:
-                out.append(f"{what} {value:g}{unit} far outside training ({bounds[0]:g}–{bounds[1]:g}{unit})")
+            if not lo <= amount <= hi:
+                out.append(f"{name} {amount:g}{unit} far outside training ({bounds[0]:g}–{bounds[1]:g}{unit})")
         return out
 
     def to_dict(self) -> dict[str, Any]:
