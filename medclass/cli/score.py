@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medclass.cli import ExitCode, pacs_args
 from medclass.cli.calibrate import add_no_calibration
+from medclass.cli.gate_args import add_gate_argument, gate_line
 from medclass.names import (
     AGGREGATIONS,
     BACKEND_NAMES,
@@ -24,6 +25,13 @@ Score every 2D image under PATH... with a checkpoint and write one row per slice
 frame, hashed patient id, study/series UIDs, prob:<class> per class, the predicted label(s) at the
 checkpoint's operating point (else argmax / 0.5; the 'decision' column says which), the weights' sha256
 and the error text (empty when fine). A study summary goes to <out stem>.studies.csv.
+
+The input gate (--gate, default flag) checks every image against the checkpoint's training-data profile
+and fills in_scope, gate_reason (e.g. 'modality CT not in training data (CR, DX)', 'looks inverted',
+'feature distance 3.1× the validation 99th percentile') and ood_score (the feature distance over its
+threshold). --gate refuse leaves out-of-scope rows without probabilities (decision 'refused'; not a
+failure, the exit code is unchanged). A checkpoint trained before the gate existed gets a one-line
+notice and no gate (add a profile with medclass profile).
 
 PATH is a folder (walked recursively; DICOM recognised by content, slices of a series grouped), a
 manifest (.csv with a path column, resolved against --data-root), or a file. Bad files become rows with
@@ -95,6 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="bf16: autocast")
     run.add_argument("--device", choices=DEVICE_NAMES, default="auto")
     add_no_calibration(run)
+    add_gate_argument(run)
     run.add_argument(
         "--fast-decode",
         action="store_true",
@@ -171,6 +180,7 @@ def run(args: argparse.Namespace) -> ExitCode:
         ray_address=args.ray_address,
         actors=args.actors,
         calibrated=not args.no_calibration,
+        gate=args.gate,
     )
     if args.dicomweb:
         return _run_pacs(args, config)
@@ -189,6 +199,8 @@ def run(args: argparse.Namespace) -> ExitCode:
             f"decoded per node {_per_node(s['decoded_by_node'])}, scored per node {_per_node(s['scored_by_node'])}"
         )
     print(report.decision)
+    if args.gate != "off":
+        print(gate_line(report.flagged_in_output, report.n_items, report.refused_in_output))
     for err in c.errors[:3]:
         print(f"  failed: {err}", file=sys.stderr)
     return ExitCode.PARTIAL if report.failed_in_output else ExitCode.OK

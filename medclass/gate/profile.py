@@ -7,7 +7,7 @@
   training recorded one), or whose size or pixel spacing lies far outside the training range, is out of
   scope. Needs no model.
 - :class:`LayoutProfile`: intensity statistics after preprocessing and the average training image on a
-  16×16 grid. An image whose own 16×16 layout correlates with that average less than 99.5% of the
+  16×16 grid (over each image's content: letterbox bars left out). An image whose own 16×16 layout correlates with that average less than 99.5% of the
   training and validation images did is out of scope, and called *inverted* when its negative would have
   passed: an explained heuristic that needs no model either.
 """
@@ -133,7 +133,9 @@ class MetaProfile:
                 continue
             lo, hi = bounds[0] / self.range_factor, bounds[1] * self.range_factor
             if not lo <= amount <= hi:
-                out.append(f"{name} {amount:g}{unit} far outside training ({bounds[0]:g}–{bounds[1]:g}{unit})")
+                out.append(
+                    f"{name} {amount:g}{unit} far outside training ({bounds[0]:g}–{bounds[1]:g}{unit})"
+                )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,11 +163,16 @@ class MetaProfile:
 
 
 def layout_of(array: np.ndarray, grid: int = GRID) -> np.ndarray:
-    """The preprocessed image ``array`` (3×S×S or S×S) averaged over channels onto a grid×grid layout
-    (flattened, grid²)."""
+    """The preprocessed image ``array`` (3×S×S or S×S) averaged over channels, cut to its content (rows and
+    columns that are not entirely at the image's minimum: letterbox bars and black borders are left out,
+    so the layout does not depend on the aspect ratio) and averaged onto a grid×grid layout (grid²)."""
     a = np.asarray(array, dtype=np.float64)
     if a.ndim == 3:
         a = a.mean(axis=0)  # S×S
+    above = a > a.min() + 1e-6
+    rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+    if len(rows) >= grid and len(cols) >= grid:
+        a = a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     ri = np.linspace(0, a.shape[0], grid + 1).astype(int)[:-1]
     ci = np.linspace(0, a.shape[1], grid + 1).astype(int)[:-1]
     blocks = np.add.reduceat(np.add.reduceat(a, ri, axis=0), ci, axis=1)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.errors import ConfigError, PacsError, PacsUnavailable
+from medclass.names import REFUSED
 from medclass.pacs.client import Connection, PacsClient
 from medclass.pacs.outputs import score_sr
 from medclass.pacs.push import Pusher
@@ -229,7 +230,11 @@ class PacsScorer:
 
     def _push(self, uid: str, prefix: str, pulled: PulledStudy) -> int:
         refs = {f"{prefix}/series/{r.series_uid}/instances/{r.sop_uid}": r for r in pulled.refs}
-        rows = [r for r in self.done.values() if not r.get("error") and str(r.get("path")) in refs]
+        rows = [
+            r
+            for r in self.done.values()
+            if not r.get("error") and r.get("decision") != REFUSED and str(r.get("path")) in refs
+        ]  # a row the input gate refused (--gate refuse) has no probabilities to report
         if not rows:
             return 0
         agg = study_rows([{**r, "study_uid": uid} for r in rows], self.rule, self.config.aggregate)[0]

@@ -54,6 +54,7 @@ class ScoreConfig:
     ray_address: str | None = None  # None: a Ray cluster on this machine, started for the run
     actors: int | None = None  # model replicas on the Ray engine; None: one per GPU, else one
     calibrated: bool = True  # apply the checkpoint's calibration (False: --no-calibration, raw scores)
+    gate: str = "flag"  # the input gate (medclass.gate): flag | refuse | off
 
 
 @dataclass
@@ -73,10 +74,13 @@ class ScoreJob:
     output: ScoreOutput
     progress: Callable[[int], None] | None = None
     preprocessor: Any = None  # image → 3×S×S array; None: the checkpoint's (make_preprocessor(meta))
+    gate: Any = None  # the input gate (medclass.gate.Gate); None: make_gate(meta, config.gate)
 
     def __post_init__(self) -> None:
         if self.preprocessor is None:
             self.preprocessor = make_preprocessor(self.meta)
+        if self.gate is None:
+            self.gate = make_gate(self.meta, self.config.gate)
 
     @property
     def model_sha256(self) -> str:
@@ -133,6 +137,13 @@ def make_preprocessor(meta: dict[str, Any]) -> Any:
     from medclass.preprocess import Preprocessor
 
     return Preprocessor.from_meta(meta)
+
+
+def make_gate(meta: dict[str, Any], mode: str) -> Any:
+    """The input gate of a checkpoint's ``meta`` in ``mode`` (:meth:`medclass.gate.Gate.from_meta`)."""
+    from medclass.gate import Gate
+
+    return Gate.from_meta(meta, mode)
 
 
 def decode_min_size(fast_decode: bool, input_size: int) -> int | None:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from medclass.errors import InvalidPixelDataError
+from medclass.gate import NOT_GATED, Gate, GateResult, ImageFacts
+from medclass.names import REFUSED
 from medclass.phi import pseudonym
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import WorkItem, one_line
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Decoded:
-    """A work item after decoding: ``array`` 3×S×S float32, or None and ``error``."""
+    """A work item after decoding: ``array`` 3×S×S float32, or None and ``error``; ``facts``: the header
+    values the input gate compares (None when the file could not be read)."""
 
     item: WorkItem
     array: np.ndarray | None
@@ -43,6 +46,7 @@ class Decoded:
     study_uid: str = ""
     series_uid: str = ""
     error: str = ""
+    facts: ImageFacts | None = None
 
 
 def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any], min_size: int | None = None) -> Decoded:
@@ -53,6 +57,7 @@ def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any], min_size: in
     if item.error:
         return Decoded(item, None, pseudonym(item.patient_id), item.study_id, "", item.error)
     patient, study, series = item.patient_id, item.study_id, ""
+    facts = None
     try:
         from medclass import ingest
 
@@ -60,6 +65,7 @@ def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any], min_size: in
         meta = image.meta
         patient = meta.patient_id or patient
         study, series = meta.study_uid or study, meta.series_uid
+        facts = ImageFacts.from_meta(meta)
         prepared = preprocessor(image)
         array = np.ascontiguousarray(getattr(prepared, "array", prepared), dtype=np.float32)  # 3×S×S
         if array.ndim != 3 or array.shape[0] != 3:
@@ -67,8 +73,8 @@ def decode_item(item: WorkItem, preprocessor: Callable[[Any], Any], min_size: in
         if not np.isfinite(array).all():
             raise InvalidPixelDataError("preprocessed image holds NaN or Inf values", item.path)
     except Exception as exc:  # a bad input is a row with its error, never a crash of the run
-        return Decoded(item, None, pseudonym(patient), study, series, one_line(exc))
-    return Decoded(item, array, pseudonym(patient), study, series)
+        return Decoded(item, None, pseudonym(patient), study, series, one_line(exc), facts)
+    return Decoded(item, array, pseudonym(patient), study, series, facts=facts)
 
 
 # --- worker processes ------------------------------------------------------------------------------
@@ -164,16 +170,25 @@ def decode_stream(
 # --- the loop --------------------------------------------------------------------------------------
 @dataclass
 class Counts:
-    """What a run did: ``scored`` and ``failed`` rows written now, ``skipped`` already done before."""
+    """What a run did: ``scored`` and ``failed`` rows written now, ``skipped`` already done before; of the
+    scored ones, ``flagged`` out of scope by the input gate, ``refused`` of those without probabilities."""
 
     scored: int = 0
     failed: int = 0
     skipped: int = 0
+    flagged: int = 0
+    refused: int = 0
     errors: list[str] = field(default_factory=list)  # the first few error texts, for the closing line
 
 
 def _row(
-    d: Decoded, probs: np.ndarray | None, label: str, rule: DecisionRule, model_sha256: str
+    d: Decoded,
+    probs: np.ndarray | None,
+    label: str,
+    rule: DecisionRule,
+    model_sha256: str,
+    verdict: GateResult = NOT_GATED,
+    refused: bool = False,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "path": d.item.path,
@@ -186,11 +201,22 @@ def _row(
         row[PROB_PREFIX + c] = None if probs is None else round(float(probs[k]), 7)
     row |= {
         "predicted": label,
-        "decision": rule.name if probs is not None else "",
+        "decision": REFUSED if refused else rule.name if probs is not None else "",
+        **verdict.columns(),
         "model_sha256": model_sha256,
         "error": d.error,
     }
     return row
+
+
+def _predict(
+    backend: Callable[[np.ndarray], np.ndarray], x: np.ndarray, gate: Gate | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities and, when the gate wants them and the backend has them, pooled features (one pass)."""
+    predict = getattr(backend, "predict", None)
+    if gate is not None and gate.wants_features and predict is not None:
+        return predict(x)
+    return backend(x), None
 
 
 def score_batch(
@@ -199,31 +225,42 @@ def score_batch(
     rule: DecisionRule,
     model_sha256: str,
     counts: Counts | None = None,
+    gate: Gate | None = None,
 ) -> list[dict[str, Any]]:
     """The rows of one batch of decoded items, in their order: the decoded ones through ``backend`` in one
-    call, the failed ones as error rows. Adds to ``counts`` when given. Every engine (the local loop,
-    the Ray actors) turns decoded items into rows with this function.
+    call, the failed ones as error rows. With a ``gate``, every decoded row also gets ``in_scope``,
+    ``gate_reason`` and ``ood_score`` (features from the same forward pass), and under ``--gate refuse`` an
+    out-of-scope row keeps no probabilities and no label (decision ``refused``; not an error). Adds to
+    ``counts`` when given. Every engine (the local loop, the Ray actors) turns decoded items into rows with
+    this function.
     """
     ok = [d for d in decoded if d.array is not None]
-    probs = (
-        backend(np.stack([d.array for d in ok if d.array is not None]))
-        if ok
-        else np.zeros((0, len(rule.classes)))
-    )  # N×C
+    x = np.stack([d.array for d in ok if d.array is not None]) if ok else None  # N×3×S×S
+    probs, feats = _predict(backend, x, gate) if x is not None else (np.zeros((0, len(rule.classes))), None)
     labels = rule.predict(probs) if ok else []
-    by_id = {id(d): (p, lab) for d, p, lab in zip(ok, probs, labels, strict=True)}
+    verdicts = (
+        gate.judge([d.facts for d in ok], x, feats)
+        if gate is not None and x is not None
+        else [NOT_GATED] * len(ok)
+    )
+    by_id = {id(d): (p, lab, v) for d, p, lab, v in zip(ok, probs, labels, verdicts, strict=True)}
     rows = []
     for d in decoded:
-        p, lab = by_id.get(id(d), (None, ""))
-        rows.append(_row(d, p, lab, rule, model_sha256))
+        p, lab, verdict = by_id.get(id(d), (None, "", NOT_GATED))
+        refused = gate is not None and gate.refuses(verdict)
+        if refused:
+            p, lab = None, ""
+        rows.append(_row(d, p, lab, rule, model_sha256, verdict, refused))
         if counts is None:
             continue
-        if p is None:
+        if d.array is None:
             counts.failed += 1
             if len(counts.errors) < 5:
                 counts.errors.append(d.error)
         else:
             counts.scored += 1
+            counts.flagged += verdict.in_scope is False
+            counts.refused += refused
     return rows
 
 
@@ -240,9 +277,11 @@ def score_items(
     prefetch: int | None = None,
     progress: Callable[[int], None] | None = None,
     min_size: int | None = None,
+    gate: Gate | None = None,
 ) -> Counts:
     """Score ``items`` (none already done: filter them first) and hand each batch's rows to ``append``.
-    ``min_size`` allows reduced-resolution decoding (see :func:`decode_item`).
+    ``min_size`` allows reduced-resolution decoding (see :func:`decode_item`); ``gate`` judges every
+    image (see :func:`score_batch`).
 
     ``append`` must commit the rows before returning (see :class:`~medclass.score.writer.ScoreOutput`);
     ``progress(n)`` is called with the number of items each commit covers. Returns the :class:`Counts`.
@@ -254,7 +293,7 @@ def score_items(
 
     def flush() -> None:
         nonlocal n_ok
-        rows = score_batch(pending, backend, rule, model_sha256, counts)
+        rows = score_batch(pending, backend, rule, model_sha256, counts, gate)
         append(rows)
         if progress is not None:
             progress(len(rows))

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from medclass.errors import ConfigError, EngineError
+from medclass.gate import ImageFacts
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import WorkItem
-from medclass.score.job import ScoreConfig, ScoreJob, build_backend
+from medclass.score.job import ScoreConfig, ScoreJob, build_backend, make_gate
 from medclass.score.pipeline import Counts, Decoded, decode_item, decode_stream, score_batch
 from medclass.score.writer import PartSink, block_id
 
@@ -103,11 +104,17 @@ def decode_block(
     return {
         "block": row["block"],
         "items": row["items"],
-        "decoded": json.dumps([[d.patient, d.study_uid, d.series_uid, d.error] for d in decoded]),
+        "decoded": json.dumps(
+            [[d.patient, d.study_uid, d.series_uid, d.error, _facts(d.facts)] for d in decoded]
+        ),
         "arrays": np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.float32),
         "decode_node": _node(),
         "decode_pid": os.getpid(),
     }
+
+
+def _facts(facts: ImageFacts | None) -> dict[str, Any] | None:
+    return None if facts is None else dataclasses.asdict(facts)
 
 
 # --- stage 2: the model (an actor pool) ---------------------------------------------------------------
@@ -127,18 +134,20 @@ class ScoreBlock:
         self.model_sha256 = str(meta.get("sha256", ""))
         self.device = pick_device(device)
         self.backend = build_backend(config, meta, None, self.device, threads)
+        self.gate = make_gate(meta, config.gate)
         self.sink = sink
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         arrays = iter(np.asarray(row["arrays"], dtype=np.float32))
         decoded = []
-        for d, (patient, study, series, error) in zip(
+        for d, (patient, study, series, error, facts) in zip(
             json.loads(row["items"]), json.loads(row["decoded"]), strict=True
         ):
             array = None if error else next(arrays)
-            decoded.append(Decoded(WorkItem(**d), array, patient, study, series, error))
+            gate_facts = None if facts is None else ImageFacts(**facts)
+            decoded.append(Decoded(WorkItem(**d), array, patient, study, series, error, gate_facts))
         counts = Counts()
-        rows = score_batch(decoded, self.backend, self.rule, self.model_sha256, counts)
+        rows = score_batch(decoded, self.backend, self.rule, self.model_sha256, counts, self.gate)
         self.sink.write(str(row["block"]), rows)
         return {
             "block": row["block"],

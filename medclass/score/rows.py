@@ -20,13 +20,13 @@ from typing import IO, Any
 
 from medclass.errors import ConfigError, DataError, look_up
 from medclass.fileio import atomic_write, restore_cell, safe_cell
-from medclass.names import PROB_PREFIX, SCORE_FORMATS
+from medclass.names import GATE_COLUMNS, IN_SCOPE_COLUMN, OOD_SCORE_COLUMN, PROB_PREFIX, SCORE_FORMATS
 from medclass.score.inputs import clean_text, item_key
 
 log = logging.getLogger(__name__)
 
 LEADING_COLUMNS = ["path", "frame", "patient", "study_uid", "series_uid"]
-TRAILING_COLUMNS = ["predicted", "decision", "model_sha256", "error"]
+TRAILING_COLUMNS = ["predicted", "decision", *GATE_COLUMNS, "model_sha256", "error"]
 
 
 def score_columns(classes: Sequence[str]) -> list[str]:
@@ -197,12 +197,15 @@ FORMATS = SCORE_FORMATS
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """``rows`` as a parquet file (atomically): prob columns float32, ``frame`` int64, the rest strings."""
+    """``rows`` as a parquet file (atomically): prob columns and ``ood_score`` float32, ``frame`` int64,
+    ``in_scope`` boolean, the rest strings."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     def typed(c: str) -> Any:
-        if c.startswith(PROB_PREFIX):
+        if c == IN_SCOPE_COLUMN:
+            return pa.array([_bool_or_none(r.get(c)) for r in rows], type=pa.bool_())
+        if c.startswith(PROB_PREFIX) or c == OOD_SCORE_COLUMN:
             return pa.array([_float_or_none(r.get(c)) for r in rows], type=pa.float32())
         if c == "frame":
             return pa.array([None if r.get(c) in (None, "") else int(r[c]) for r in rows], type=pa.int64())
@@ -215,6 +218,13 @@ def write_parquet(path: Path, rows: list[dict[str, Any]], columns: list[str]) ->
 
 def _float_or_none(value: Any) -> float | None:
     return None if value in (None, "") else float(value)
+
+
+def _bool_or_none(value: Any) -> bool | None:
+    """``in_scope`` as read back from any log: a bool, or its CSV text ``True``/``False``."""
+    if value in (None, ""):
+        return None
+    return value if isinstance(value, bool) else str(value).lower() == "true"
 
 
 def read_scores(path: Path | str, fmt: str | None = None) -> list[dict[str, Any]]:

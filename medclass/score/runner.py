@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.errors import ConfigError, look_up
+from medclass.names import GATE_MODES, REFUSED
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import expand_inputs
 from medclass.score.job import (
@@ -28,6 +29,7 @@ from medclass.score.job import (
     build_backend,
     decode_min_size,
     load_meta,
+    make_gate,
     make_preprocessor,
     output_format,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "decode_min_size",
     "load_meta",
     "local_engine",
+    "make_gate",
     "make_preprocessor",
     "run_scoring",
 ]
@@ -61,6 +64,8 @@ class ScoreReport:
     summary: Path | None = None
     n_studies: int = 0
     failed_in_output: int = 0  # error rows in the whole output (earlier runs included)
+    flagged_in_output: int = 0  # rows the input gate put out of scope (earlier runs included)
+    refused_in_output: int = 0  # of those, rows without probabilities (--gate refuse)
     settings: dict[str, Any] = field(default_factory=dict)
     decision: str = ""  # the positive class and the decision rule, in words
 
@@ -100,7 +105,7 @@ def local_engine(job: ScoreJob) -> tuple[Counts, dict[str, Any]]:
         counts = score_items(
             job.todo, backend=backend, preprocessor=job.preprocessor, append=job.output.append,
             rule=job.rule, model_sha256=job.model_sha256, batch_size=config.batch_size, workers=workers,
-            progress=job.progress, min_size=job.min_size(),
+            progress=job.progress, min_size=job.min_size(), gate=job.gate,
         )  # fmt: skip
     finally:
         job.output.close()
@@ -135,6 +140,7 @@ def run_scoring(
     if config.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {config.batch_size}")
     look_up(ENGINES, config.engine, "engine")
+    look_up(GATE_MODES, config.gate, "gate mode")
     if config.engine != "ray" and (config.ray_address or config.actors):
         raise ConfigError("--ray-address and --actors are for --engine ray")
     meta, model = load_meta(config)
@@ -173,5 +179,7 @@ def run_scoring(
     report.decision = rule.describe(meta.get("positive_class"))
     rows = output.finalize([i.key for i in items])
     report.failed_in_output = sum(1 for r in rows if r.get("error"))
+    report.flagged_in_output = sum(1 for r in rows if str(r.get("in_scope")).lower() == "false")
+    report.refused_in_output = sum(1 for r in rows if r.get("decision") == REFUSED)
     report.summary, report.n_studies = write_summary(out, rows, rule, config.aggregate)
     return report

@@ -1,6 +1,6 @@
 """The study-level summary of a scores file, aggregated the way ``medclass evaluate`` aggregates patients.
 
-Scored rows (those without an error) are grouped by study (the Study Instance UID; a file without one,
+Scored rows (those without an error, and not refused by the input gate under ``--gate refuse``) are grouped by study (the Study Instance UID; a file without one,
 such as a JPEG, is its own study) and their probabilities combined by
 :func:`medclass.metrics.aggregate` (``mean`` by default, or ``max``); the study's label is decided from the
 combined probabilities by the same :class:`~medclass.score.decide.DecisionRule` as the image rows.
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medclass.fileio import write_csv
+from medclass.names import REFUSED
 from medclass.score.decide import DecisionRule
 from medclass.score.rows import PROB_PREFIX
 
@@ -47,7 +48,7 @@ def study_rows(
     """
     from medclass.metrics import aggregate
 
-    ok = [r for r in rows if not r.get("error")]
+    ok = [r for r in rows if not r.get("error") and r.get("decision") != REFUSED]
     if not ok:
         aggregate(["x"], [0], [0.0], method)  # still reject an unknown method
         return []

@@ -1,0 +1,131 @@
+"""The input gate in ``medclass score``: flag / refuse / off rows, the profile stored in and read back from a
+checkpoint's sidecar, and an old checkpoint without a profile (synthetic PNGs + pydicom's CT_small: no
+shared data needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from test_score import make_checkpoint
+
+from medclass.cli import ExitCode, main
+from medclass.names import REFUSED
+from medclass.score import read_scores
+
+pytestmark = pytest.mark.slow  # builds a 96 px Inception V3 and scores through the CLI (~10 s)
+
+
+def _chest_png(path: Path, seed: int, invert: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:80, 0:64] / 64
+    centre = 0.5 + rng.uniform(-0.08, 0.08)
+    img = 0.7 * np.exp(-((xx - centre) ** 2) / 0.02) + 0.3 * np.exp(-((yy - 0.2) ** 2) / 0.05)
+    img = np.clip(img * rng.uniform(0.8, 1.1) + 0.05 * rng.normal(size=img.shape) + 0.1, 0, 1)
+    if invert:
+        img = 1 - img
+    PILImage.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(checkpoint with a profile, the same weights without one, the folder to score)."""
+    import pydicom.data
+
+    from medclass import checkpoint, ingest
+    from medclass.gate import PROFILE_KEY, FeatureModel, GateProfile, ImageFacts, LayoutProfile, MetaProfile
+    from medclass.model.predictor import TorchPredictor
+    from medclass.preprocess import Preprocessor
+
+    root = tmp_path_factory.mktemp("gate")
+    old = make_checkpoint(root / "old")
+    new = root / "new"
+    for suffix in (".safetensors", ".json"):
+        (new.parent / (new.name + suffix)).write_bytes((old.parent / (old.name + suffix)).read_bytes())
+    train = [_chest_png(root / f"train{i}.png", i) for i in range(10)]
+    ck = checkpoint.load(new)
+    prep = Preprocessor.from_meta(ck.meta)
+    images = [ingest.read(p)[0] for p in train]
+    arrays = np.stack([prep(im).array for im in images])  # 10×3×96×96
+    _, feats = TorchPredictor(ck.model, ck.task).predict(arrays)
+    assert feats is not None and feats.shape == (10, 2048)
+    # as if trained on CR radiographs: a PNG records no modality (not compared), a CT does
+    facts = [dataclasses.replace(ImageFacts.from_meta(im.meta), modality="CR") for im in images]
+    profile = GateProfile(
+        MetaProfile().fit(facts),
+        LayoutProfile(percentile=0).fit(arrays),  # every training image passes
+        FeatureModel(components=4, percentile=100).fit(feats, np.arange(10) % 2).calibrate(feats),
+    )
+    assert profile.features is not None and profile.features.threshold_ is not None
+    profile.features.threshold_ *= 1.01  # the scored training images sit at most at the threshold
+    checkpoint.update_meta(new, {PROFILE_KEY: profile.to_dict()})
+    folder = root / "in"
+    folder.mkdir()
+    for i in (0, 1):
+        (folder / f"cxr{i}.png").write_bytes(train[i].read_bytes())
+    _chest_png(folder / "inverted.png", 0, invert=True)
+    (folder / "ct.dcm").write_bytes(Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes())
+    return new, old, folder
+
+
+def _score(ckpt: Path, folder: Path, out: Path, *extra: str) -> int:
+    args = ["score", "--checkpoint", str(ckpt), str(folder), "--out", str(out), "--workers", "0"]
+    return main([*args, "--batch-size", "8", "--no-progress", *extra])
+
+
+def _by_name(out: Path) -> dict[str, dict]:
+    return {Path(r["path"]).name: r for r in read_scores(out)}
+
+
+def test_profile_survives_the_sidecar_round_trip(gated):
+    from medclass import checkpoint
+    from medclass.gate import Gate
+
+    ck = checkpoint.load(gated[0])  # sealed, validated and loadable
+    gate = Gate.from_meta(ck.meta)
+    assert gate.active and gate.wants_features
+    assert ck.meta["gate_profile"]["meta"]["modalities"] == ["CR"]
+
+
+def test_flag_keeps_probabilities_and_says_why(gated, tmp_path, capsys):
+    out = tmp_path / "flag.jsonl"
+    assert _score(gated[0], gated[2], out) == ExitCode.OK
+    rows = _by_name(out)
+    for name in ("cxr0.png", "cxr1.png"):
+        assert rows[name]["in_scope"] is True and rows[name]["gate_reason"] == ""
+        assert 0 < rows[name]["ood_score"] <= 1.0
+    ct = rows["ct.dcm"]
+    assert ct["in_scope"] is False and ct["gate_reason"].startswith("modality CT not in training data (CR)")
+    assert (
+        rows["inverted.png"]["in_scope"] is False and "looks inverted" in rows["inverted.png"]["gate_reason"]
+    )
+    assert all(r["prob:NORMAL"] is not None and r["decision"] != REFUSED for r in rows.values())
+    assert "input gate: 2 of 4 image(s) out of scope" in capsys.readouterr().out
+
+
+def test_refuse_gives_no_probabilities_but_no_error(gated, tmp_path, capsys):
+    out = tmp_path / "refuse.csv"
+    assert _score(gated[0], gated[2], out, "--gate", "refuse") == ExitCode.OK
+    rows = _by_name(out)
+    for name in ("ct.dcm", "inverted.png"):
+        r = rows[name]
+        assert (r["decision"], r["prob:NORMAL"], r["predicted"], r["error"]) == (REFUSED, "", "", "")
+        assert r["in_scope"] == "False" and r["gate_reason"]
+    assert rows["cxr0.png"]["decision"] == "argmax" and rows["cxr0.png"]["prob:NORMAL"] != ""
+    assert "2 refused" in capsys.readouterr().out
+
+
+def test_off_and_old_checkpoints_are_not_gated(gated, tmp_path, capsys, caplog):
+    out = tmp_path / "off.jsonl"
+    assert _score(gated[0], gated[2], out, "--gate", "off") == ExitCode.OK
+    assert all(r["in_scope"] is None and r["gate_reason"] == "" for r in _by_name(out).values())
+    out = tmp_path / "old.jsonl"
+    with caplog.at_level(logging.WARNING):
+        assert _score(gated[1], gated[2], out, "--gate", "refuse") == ExitCode.OK
+    assert "no input profile" in caplog.text + capsys.readouterr().err
+    assert all(r["in_scope"] is None and r["prob:NORMAL"] is not None for r in _by_name(out).values())
