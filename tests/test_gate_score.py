@@ -129,3 +129,52 @@ def test_off_and_old_checkpoints_are_not_gated(gated, tmp_path, capsys, caplog):
         assert _score(gated[1], gated[2], out, "--gate", "refuse") == ExitCode.OK
     assert "no input profile" in caplog.text + capsys.readouterr().err
     assert all(r["in_scope"] is None and r["prob:NORMAL"] is not None for r in _by_name(out).values())
+
+
+def _manifest(gated, tmp_path: Path) -> tuple[Path, Path]:
+    """val: six in-distribution PNGs; test: four more, the inverted one and the CT (labels alternate)."""
+    folder = gated[2]
+    root = folder.parent
+    lines = ["path,patient_id,split,label"]
+    for i in range(10):
+        split = "val" if i < 6 else "test"
+        lines.append(f"train{i}.png,p{i},{split},{('NORMAL', 'PNEUMONIA')[i % 2]}")
+    lines += ["in/inverted.png,p10,test,NORMAL", "in/ct.dcm,p11,test,PNEUMONIA"]
+    path = tmp_path / "m.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path, root
+
+
+def test_evaluate_counts_out_of_scope_images_and_measures_the_rest(gated, tmp_path, capsys):
+    import json
+
+    from medclass.evaluate import read_predictions
+
+    manifest, root = _manifest(gated, tmp_path)
+    base = ["evaluate", "--checkpoint", str(gated[0]), "--manifest", str(manifest), "--data-root", str(root)]
+    out = tmp_path / "flag"
+    assert main([*base, "--out", str(out), "--bootstrap", "20", "--no-attach", "--level", "image"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["gate"]["out_of_scope"] == {"validation": 0, "test": 2}
+    assert metrics["levels"]["image"]["n_test"] == 6 and metrics["in_scope"]["levels"]["image"]["n_test"] == 4
+    rows = {Path(r["image_id"]).name: r for r in read_predictions(out / "predictions.csv")}
+    assert str(rows["ct.dcm"]["in_scope"]) == "False" and "modality CT" in rows["ct.dcm"]["gate_reason"]
+    printed = capsys.readouterr().out
+    assert "input gate: 2 of 6 image(s) out of scope in the test split" in printed
+    assert "in-scope images only, image level (test n=4)" in printed
+    out = tmp_path / "refuse"
+    args = [
+        *base,
+        "--out",
+        str(out),
+        "--bootstrap",
+        "20",
+        "--no-attach",
+        "--level",
+        "image",
+        "--gate",
+        "refuse",
+    ]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["levels"]["image"]["n_test"] == 4 and "in_scope" not in metrics

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from medclass.cli.calibrate import add_no_calibration
-from medclass.names import AGGREGATIONS
+from medclass.cli.gate_args import add_gate_argument, gate_line
+from medclass.names import AGGREGATIONS, IN_SCOPE_COLUMN
 
 HELP = "measure a model on the test split: AUC with CIs, operating point from validation, report"
 DESCRIPTION = """\
@@ -31,6 +32,11 @@ cases of a class is warned about (its threshold rarely holds on new patients).
 The image-level operating point is then stored in the checkpoint's sidecar (re-sealed; --no-attach to
 skip), so `score`'s decision column and `explain` use it. A two-class task reports its positive class:
 --positive-class, else the checkpoint's, else the class not named like a negative (normal, negative...).
+
+The input gate (--gate, default flag; see medclass score --help) judges every val and test image against
+the checkpoint's training-data profile: predictions.csv gains in_scope, gate_reason and ood_score, the
+report says how many were out of scope, and when some test images were, the metrics are also given on
+the in-scope images alone (metrics.json: "in_scope"). --gate refuse measures the in-scope images only.
 
 examples:
   medclass evaluate --checkpoint runs/r1/best --manifest data_manifests/mine.csv --out reports/r1
@@ -88,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=10, help="calibration bins")
     parser.add_argument("--temperature-scaling", action="store_true", help="fit a temperature on validation")
     add_no_calibration(parser)
+    add_gate_argument(parser)
 
 
 def _sha256(path: Path) -> str:
@@ -134,6 +141,7 @@ def _get_rows(args: argparse.Namespace, facts: dict[str, Any]) -> list[Any]:
         args.batch_size,
         allow_outside_root=args.allow_outside_root,
         calibrated=not args.no_calibration,
+        gate=args.gate,
     )
     write_predictions(args.out / "predictions.csv", rows)
     from medclass.weights import read_meta
@@ -180,6 +188,37 @@ def _calibration_block(args: argparse.Namespace, val: list[Any], test: list[Any]
     return block
 
 
+def _out_of_scope(row: Any) -> bool:
+    """Whether the input gate put a predictions row out of scope (``in_scope`` false; CSV text too)."""
+    return str(row.get(IN_SCOPE_COLUMN, "")).lower() == "false"
+
+
+def _gate(args: argparse.Namespace, val: list[Any], test: list[Any], facts: dict[str, Any]) -> Any:
+    """The gate's part of the evaluation: how many images were out of scope, and for ``refuse`` the
+    in-scope rows only. Returns ``(val, test, summary or None)``."""
+    from collections import Counter
+
+    if args.gate == "off" or not any(IN_SCOPE_COLUMN in r for r in val + test):
+        return val, test, None
+    out_val, out_test = [r for r in val if _out_of_scope(r)], [r for r in test if _out_of_scope(r)]
+    reasons = Counter(
+        part.split(" (")[0] for r in out_test for part in str(r.get("gate_reason", "")).split("; ") if part
+    )
+    summary = {
+        "mode": args.gate,
+        "out_of_scope": {"validation": len(out_val), "test": len(out_test)},
+        "images": {"validation": len(val), "test": len(test)},
+        "test_reasons": dict(reasons.most_common(10)),
+    }
+    facts["input gate"] = (
+        f"{gate_line(len(out_test), len(test))} in the test split, {len(out_val)} of {len(val)} in "
+        f"validation (--gate {args.gate})"
+    )
+    if args.gate == "refuse":
+        val, test = [r for r in val if not _out_of_scope(r)], [r for r in test if not _out_of_scope(r)]
+    return val, test, summary
+
+
 def _attach(args: argparse.Namespace, result: Any, metrics: dict[str, Any]) -> None:
     """Store the image-level operating point in the checkpoint's sidecar (see DESCRIPTION)."""
     from medclass import checkpoint
@@ -224,6 +263,32 @@ def _attach(args: argparse.Namespace, result: Any, metrics: dict[str, Any]) -> N
             print(f"operating point not stored in the checkpoint: {exc.strerror or exc} ({args.checkpoint})")
             return
         print(f"operating point stored in {path} (used by score and explain)")
+
+
+def _in_scope_metrics(val: list[Any], test: list[Any], config: Any) -> dict[str, Any]:
+    """The metrics of the in-scope rows alone (``{"note": why not}`` when they cannot be measured)."""
+    from medclass.errors import MedclassError
+    from medclass.evaluate import evaluate_predictions, to_dict
+
+    val_in, test_in = [r for r in val if not _out_of_scope(r)], [r for r in test if not _out_of_scope(r)]
+    try:
+        return to_dict(evaluate_predictions(val_in, test_in, config=config))
+    except MedclassError as exc:
+        return {"note": f"not measurable on the in-scope images alone: {exc}"}
+
+
+def _print_in_scope(block: dict[str, Any] | None) -> None:
+    if not block:
+        return
+    if "note" in block:
+        print(block["note"])
+        return
+    for level, part in block["levels"].items():
+        aucs = ", ".join(
+            f"{name} AUC {'n/a' if c['auc'] is None else format(c['auc'], '.3f')}"
+            for name, c in part["classes"].items()
+        )
+        print(f"in-scope images only, {level} level (test n={part['n_test']}): {aucs}")
 
 
 def _print_summary(metrics: dict[str, Any]) -> None:
@@ -315,9 +380,17 @@ def run(args: argparse.Namespace) -> int:
     for name, part in ((args.val_split, val), (args.split, test)):
         if not part:
             raise DataError(f"no rows in split {name!r} (splits present: {_splits(rows)})")
+    val, test, gate = _gate(args, val, test, facts)
+    for name, part in ((args.val_split, val), (args.split, test)):
+        if not part:
+            raise DataError(f"no in-scope rows in split {name!r} (--gate refuse); try --gate flag")
     facts |= {"validation rows": len(val), "test rows": len(test)}
     result = evaluate_predictions(val, test, config=config)
     metrics = to_dict(result)
+    if gate is not None:
+        metrics["gate"] = gate
+        if args.gate == "flag" and gate["out_of_scope"]["test"]:
+            metrics["in_scope"] = _in_scope_metrics(val, test, config)
     metrics["splits"] = {"validation": args.val_split, "test": args.split}
     metrics["checkpoint_calibration"] = _calibration_block(args, val, test, positive)
     metrics["probability_scale"] = (
@@ -348,6 +421,9 @@ def run(args: argparse.Namespace) -> int:
     if calibrated:
         atomic_write_text(args.out / "calibration.md", calibrated)
     _print_summary(metrics)
+    if gate is not None:
+        print(facts["input gate"])
+        _print_in_scope(metrics.get("in_scope"))
     _attach(args, result, metrics)
     print(f"report: {paths['report']}")
     return ExitCode.OK

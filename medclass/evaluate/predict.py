@@ -62,9 +62,17 @@ def _load(
 
 
 def _forward(
-    ckpt: Any, manifest: Any, splits: Sequence[str], predictor: Any, batch_size: int, dataset_options: Any
-) -> Iterator[tuple[str, Any, list[str], Any, Any]]:
-    """Per split: ``(split, dataset, image ids, logits N×C, targets)`` through the one predictor."""
+    ckpt: Any,
+    manifest: Any,
+    splits: Sequence[str],
+    predictor: Any,
+    batch_size: int,
+    dataset_options: Any,
+    gate: Any = None,
+) -> Iterator[tuple[str, Any, list[str], Any, Any, list[Any]]]:
+    """Per split: ``(split, dataset, image ids, logits N×C, targets, verdicts)`` through the one predictor;
+    ``verdicts``: the input ``gate``'s :class:`~medclass.gate.GateResult` per image (features from the same
+    forward pass), [] without an active gate."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -81,13 +89,34 @@ def _forward(
                 len(ds.errors),
                 len(ds.rows),
             )
-        logits, targets = [], []
+        ids = ds.image_ids()
+        by_id = {image_id(r): r for r in ds.rows}
+        logits, targets, verdicts = [], [], []
         for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
-            logits.append(predictor.logits(x).float().cpu())  # B×C
+            if gate is not None and gate.active:
+                z, feats = predictor.logits_and_features(x)  # B×C, B×D (None without features)
+                feats = None if feats is None or not gate.wants_features else feats.float().cpu().numpy()
+                facts = [_facts(manifest, by_id[i]) for i in ids[len(verdicts) : len(verdicts) + len(x)]]
+                verdicts += gate.judge(facts, x.numpy(), feats)
+            else:
+                z = predictor.logits(x)
+            logits.append(z.float().cpu())  # B×C
             targets.append(y)
         n = len(ckpt.meta["classes"])
-        yield (split, ds, ds.image_ids(), torch.cat(logits) if logits else torch.empty(0, n),
-               torch.cat(targets) if targets else torch.empty(0))  # fmt: skip
+        yield (split, ds, ids, torch.cat(logits) if logits else torch.empty(0, n),
+               torch.cat(targets) if targets else torch.empty(0), verdicts)  # fmt: skip
+
+
+def _facts(manifest: Any, row: Any) -> Any:
+    """The input gate's header facts of a manifest row (None when its header cannot be read)."""
+    from medclass import ingest
+    from medclass.errors import MedclassError
+    from medclass.gate import ImageFacts
+
+    try:
+        return ImageFacts.from_meta(ingest.read_meta(manifest.resolve(row)))
+    except MedclassError:
+        return None
 
 
 def predict_manifest(
@@ -103,6 +132,7 @@ def predict_manifest(
     progress: bool = False,
     allow_outside_root: bool = False,
     calibrated: bool = True,
+    gate: str = "off",
 ) -> list[dict[str, Any]]:
     """Probabilities of the checkpoint's main head for every row of ``splits`` of the manifest.
 
@@ -115,8 +145,13 @@ def predict_manifest(
     manifest (UnsafePathError, naming the line, for a path that leaves the data root: the whole manifest is
     refused), and DataError when the manifest's classes or task differ from the checkpoint's or a split has
     no decodable rows.
+
+    ``gate`` (``flag``/``refuse``: :mod:`medclass.gate`, with the checkpoint's profile) adds ``in_scope``,
+    ``gate_reason`` and ``ood_score`` to every row (features from the same forward pass; ``refuse`` is
+    the caller's to apply: the rows keep their probabilities here); ``off`` adds nothing.
     """
     from medclass.calibrate import from_meta
+    from medclass.gate import Gate
     from medclass.model.predictor import TorchPredictor
 
     ckpt, manifest = _load(checkpoint, manifest, splits, data_root, allow_outside_root)
@@ -127,7 +162,10 @@ def predict_manifest(
     )  # the one predictor
     out: list[dict[str, Any]] = []
     options = {"cache": cache, "workers": workers, "progress": progress}
-    for split, ds, ids, logits, _ in _forward(ckpt, manifest, splits, predictor, batch_size, options):
+    judge = Gate.from_meta(ckpt.meta, gate)
+    for split, ds, ids, logits, _, verdicts in _forward(
+        ckpt, manifest, splits, predictor, batch_size, options, judge
+    ):
         by_id = {image_id(r): r for r in ds.rows}
         scores = predictor.probabilities(logits)  # N×C
         raw = predictor.probabilities(logits, calibrated=False) if calibration is not None else None
@@ -143,6 +181,8 @@ def predict_manifest(
             rec |= {f"{PROB_PREFIX}{c}": float(v) for c, v in zip(classes, p, strict=True)}
             if raw is not None:
                 rec |= {f"{RAW_PROB_PREFIX}{c}": float(v) for c, v in zip(classes, raw[i], strict=True)}
+            if verdicts:
+                rec |= verdicts[i].columns()
             rec |= {k: v for k, v in row.extra.items() if k not in rec}
             out.append(rec)
         log.info("%s split: predicted %d images", split, len(ids))
@@ -174,7 +214,7 @@ def calibrate_checkpoint(
 
     ckpt, manifest = _load(checkpoint, manifest, (split,), data_root, allow_outside_root)
     predictor = TorchPredictor(ckpt.model, ckpt.task, device=device)
-    _, _, ids, logits, targets = next(_forward(ckpt, manifest, (split,), predictor, batch_size, {}))
+    _, _, ids, logits, targets, _ = next(_forward(ckpt, manifest, (split,), predictor, batch_size, {}))
     if not ids:
         raise DataError(
             f"no decodable rows in split {split!r} to calibrate on", getattr(manifest, "path", None)
