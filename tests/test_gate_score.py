@@ -178,3 +178,26 @@ def test_evaluate_counts_out_of_scope_images_and_measures_the_rest(gated, tmp_pa
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["levels"]["image"]["n_test"] == 4 and "in_scope" not in metrics
+
+
+def test_explain_banners_out_of_scope_images_and_refuses_them_on_request(gated, tmp_path, capsys):
+    import json
+
+    base = ["explain", "--checkpoint", str(gated[0]), str(gated[2]), "--faithfulness", "none", "--no-pdf"]
+    out = tmp_path / "flag"
+    assert main([*base, "--out", str(out)]) == ExitCode.OK
+    doc = json.loads((out / "explanations.json").read_text())
+    rows = {Path(r["source"]).name: r for r in doc["images"]}
+    assert rows["ct.dcm"]["in_scope"] is False and "modality CT" in rows["ct.dcm"]["gate_reason"]
+    assert rows["cxr0.png"]["in_scope"] is True and doc["refused"] == []
+    report = (out / rows["ct.dcm"]["report_html"]).read_text()
+    assert "OUT OF SCOPE: this image is unlike the images the model was trained on (modality CT" in report
+    assert "OUT OF SCOPE" not in (out / rows["cxr0.png"]["report_html"]).read_text()
+    assert "input gate: 2 of 4 image(s) out of scope" in capsys.readouterr().out
+    out = tmp_path / "refuse"
+    assert main([*base, "--out", str(out), "--gate", "refuse"]) == ExitCode.OK
+    doc = json.loads((out / "explanations.json").read_text())
+    assert sorted(Path(r["source"]).name for r in doc["images"]) == ["cxr0.png", "cxr1.png"]
+    assert sorted(Path(r["source"]).name for r in doc["refused"]) == ["ct.dcm", "inverted.png"]
+    assert all(r["decision"] == "refused" and r["gate_reason"] for r in doc["refused"])
+    assert "Refused by the input gate" in (out / "index.html").read_text()

@@ -9,6 +9,7 @@ from typing import Any
 
 from medclass.cli import pacs_args
 from medclass.cli.calibrate import add_no_calibration
+from medclass.cli.gate_args import add_gate_argument, gate_line
 
 HELP = "saliency maps and clinician reports (HTML, PDF, DICOM Secondary Capture) for images"
 DESCRIPTION = """\
@@ -34,6 +35,11 @@ Not for diagnostic use: saliency shows what changed the model's output, not wher
 One image's failure (decode, preprocess, saliency, overlay, DICOM write, its study's report) is listed
 with its kind and stage (explanations.json "errors") and the run goes on. Exit status: 0 all explained,
 3 some failed, 1 none explained. Images from NIfTI/PNG/JPEG sources get no DICOM output (their row says so).
+
+The input gate (--gate, default flag) checks every image against the checkpoint's training-data profile:
+an out-of-scope image gets a prominent banner in its clinician report (HTML and PDF) and in_scope,
+gate_reason, ood_score in explanations.json/csv; --gate refuse explains it not at all (listed under
+"refused" in explanations.json and index.html; not a failure, the exit status is unchanged).
 
 examples:
   medclass explain --checkpoint runs/r1/best scans/case1.dcm --out reports/r1/saliency
@@ -91,6 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slice-policy", default="middle", help="which slices of a volume to explain")
     parser.add_argument("--batch-size", type=int, default=8, help="images per saliency batch")
     add_no_calibration(parser)
+    add_gate_argument(parser)
     regions = parser.add_argument_group(
         "regions (boxes and outlines of the map; not a segmentation of disease)"
     )
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         max_regions=DEFAULT_MAX_REGIONS if args.max_regions is None else args.max_regions,
         seg=args.seg,
         raise_internal=args.traceback,
+        gate=args.gate,
     )
     explainer = Explainer(
         ckpt.model, method=args.method, layer=args.layer, batch_size=args.batch_size, task=ckpt.task,
@@ -203,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
     if n_err > shown:
         print(f"... and {n_err - shown} more failed (listed in {args.out / 'explanations.json'})")
     no_dicom = sum(1 for r in job.rows if r.get("dicom_note"))
+    if job.gate.active:
+        flagged = sum(1 for r in job.rows if r.get("in_scope") is False) + len(job.refused)
+        print(gate_line(flagged, n_ok + len(job.refused), len(job.refused)))
     print(
         f"explained {n_ok} image(s) in {len(job.studies)} report(s), {n_err} failed "
         f"({args.method} at {args.layer}) → {args.out}"

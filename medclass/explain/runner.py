@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass import __version__
+from medclass.explain.gating import judge, refused_row
 from medclass.explain.naming import image_ids, relative_source
 from medclass.names import PROB_PREFIX
 
@@ -42,6 +43,7 @@ class Settings:
     max_regions: int = 3
     seg: bool = False  # with regions and dicom: a DICOM SEG of the thresholded map
     raise_internal: bool = False  # --traceback: an unexpected exception stops the run with its traceback
+    gate: str = "flag"  # the input gate (medclass.gate): flag | refuse | off
 
 
 @dataclass
@@ -111,8 +113,12 @@ class ExplainRun:
         )
         if meta.get("intended_use"):
             self.card = replace(self.card, intended_use=str(meta["intended_use"]))
+        from medclass.gate import Gate
+
+        self.gate = Gate.from_meta(meta, settings.gate)
         self.pending: list[tuple[Any, Any]] = []
         self.rows: list[dict[str, Any]] = []
+        self.refused: list[dict[str, Any]] = []  # images the input gate refused (--gate refuse): no outputs
         self.errors: list[dict[str, str]] = []
         self.studies: dict[str, _Study] = {}
         self.generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -156,6 +162,15 @@ class ExplainRun:
         import numpy as np
 
         x = np.stack([p.array for _, p in batch])  # N×3×S×S
+        verdicts = judge(self.gate, self.explainer, [image.meta for image, _ in batch], x)
+        if any(self.gate.refuses(v) for v in verdicts):
+            keep = [k for k, v in enumerate(verdicts) if not self.gate.refuses(v)]
+            for k, v in enumerate(verdicts):
+                if self.gate.refuses(v):
+                    self._refuse(batch[k][0], v)
+            batch, verdicts, x = [batch[k] for k in keep], [verdicts[k] for k in keep], x[keep]
+            if not batch:
+                return
         targets = None if self.s.target is None else [self.s.target] * len(batch)
         try:
             sal = self.explainer.explain(x, targets)
@@ -187,15 +202,29 @@ class ExplainRun:
             written: list[Path] = []
             try:
                 self._one(
-                    image, prepared, sal.maps[k], sal.targets[k], sal.probabilities[k], faith[k], written
-                )
+                    image, prepared, sal.maps[k], sal.targets[k], sal.probabilities[k], faith[k], written,
+                    verdicts[k],
+                )  # fmt: skip
             except Exception as exc:  # overlay, figure or DICOM write: this image fails, its files go
                 for path in written:
                     path.unlink(missing_ok=True)
                 self.fail(_where(image.meta), exc, "outputs")
 
+    def _refuse(self, image: Any, verdict: Any) -> None:
+        """Record an image the input gate refused (identifiers and verdict, no outputs)."""
+        self.refused.append(refused_row(image.meta, verdict, self.taken, self.inputs))
+        log.info("%s refused by the input gate: %s", self.refused[-1]["image_id"], verdict.reason)
+
     def _one(
-        self, image: Any, prepared: Any, smap: Any, target: int, probs: Any, faith: Any, written: list[Path]
+        self,
+        image: Any,
+        prepared: Any,
+        smap: Any,
+        target: int,
+        probs: Any,
+        faith: Any,
+        written: list[Path],
+        verdict: Any = None,
     ) -> None:
         """Every output of one explained image; files are listed in ``written`` as they are written, and
         the row and report section are kept only when all of them were."""
@@ -234,6 +263,8 @@ class ExplainRun:
             "dicom": "",
             "sr": "",
         }
+        if self.gate.active and verdict is not None:
+            row |= verdict.columns()
         if self.s.include_phi:
             row |= {"sop_uid": meta.sop_uid, "study_uid": meta.study_uid}
         if self.s.dicom and meta.format != "dicom":  # said per image; not an error
@@ -257,6 +288,7 @@ class ExplainRun:
                 faithfulness=None if faith is None else float(faith),
                 faithfulness_metric=self.s.faithfulness or "",
                 faithfulness_meaning=meaning,
+                gate_reason=verdict.reason if verdict is not None and verdict.in_scope is False else "",
                 **({} if regions is None else _region_section(display, regions)),
             )
         )
@@ -374,6 +406,8 @@ class ExplainRun:
             "deidentified": not self.s.include_phi,
             "generated": self.generated,
             "images": self.rows,
+            "gate": self.gate.mode if self.gate.active else "none",
+            "refused": self.refused,
             "errors": errors,
         }
         atomic_write_text(
@@ -384,7 +418,8 @@ class ExplainRun:
         fields = [k for k in dict.fromkeys(k for r in self.rows for k in r) if k != "regions"] or ["image_id"]
         write_csv(self.out / "explanations.csv", self.rows, fields, private=self.s.include_phi)
         atomic_write_text(
-            self.out / "index.html", render_index(self.rows, errors, self.s.method, self.s.layer)
+            self.out / "index.html",
+            render_index(self.rows, errors, self.s.method, self.s.layer, refused=self.refused),
         )
 
 

@@ -55,6 +55,15 @@ class ImageSection:
     faithfulness_meaning: str = ""
     regions_png: bytes = b""  # the image with the map's regions drawn (empty: regions not asked for)
     regions: tuple[Mapping[str, Any], ...] = ()  # rank, box (x0, y0, x1, y1), area_px, peak, mean
+    gate_reason: str = ""  # the input gate put the image out of scope, and why ('' = in scope or not gated)
+
+
+def out_of_scope_text(reason: str) -> str:
+    """The banner of an image the input gate put out of scope (HTML and PDF say the same)."""
+    return (
+        f"OUT OF SCOPE: this image is unlike the images the model was trained on ({reason}). Its "
+        "probabilities and saliency map are not meaningful; do not read them."
+    )
 
 
 @dataclass(frozen=True)
@@ -244,9 +253,14 @@ def _image_section(report: ClinicianReport, index: int, sec: ImageSection) -> st
         )
         regions = (f"<div class='imgs'>{figure if sec.regions_png else ''}</div><p class='muted'>{_e(lines[0])}</p>"
                    f"<ol class='muted'>{''.join(f'<li>{_e(t)}</li>' for t in lines[1:])}</ol>")  # fmt: skip
+    scope = (
+        f"<div class='alert' role='alert'>{_e(out_of_scope_text(sec.gate_reason))}</div>"
+        if sec.gate_reason
+        else ""
+    )
     return (
         f"<section><h2>Image {index}: {_e(sec.description)} <span class='muted'>({_e(sec.image_id)})</span></h2>"
-        f"<div class='imgs'><figure>{_img(sec.original_png, 'original image')}"
+        f"{scope}<div class='imgs'><figure>{_img(sec.original_png, 'original image')}"
         "<figcaption>Original (windowed as for display)</figcaption></figure>"
         f"<figure>{_img(sec.overlay_png, 'saliency overlay')}<figcaption>Saliency for "
         f"<b>{_e(sec.explained_class)}</b> ({_e(report.method)}, {_e(report.colormap)} colours{_e(outline)})"
@@ -278,13 +292,20 @@ def render_html(report: ClinicianReport) -> str:
             )
         )
     sections = "".join(_image_section(report, i + 1, s) for i, s in enumerate(report.images))
+    n_out = sum(1 for s in report.images if s.gate_reason)
+    scope = (
+        f"<div class='alert' role='alert'>{n_out} of {len(report.images)} image(s) in this report are out of "
+        "scope for this model (see the banner on each); their results are not meaningful.</div>"
+        if n_out
+        else ""
+    )
     limits = method_limits(report.method, report.layer, report.grid, report.model.input_size)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>Saliency report {_e(report.report_id)} — not for diagnostic use</title>"
         f"<style>{CSS}</style></head><body><main>"
-        f"<div class='alert' role='alert'>{_e(NOT_FOR_DIAGNOSIS)}</div>"
+        f"<div class='alert' role='alert'>{_e(NOT_FOR_DIAGNOSIS)}</div>{scope}"
         f"<h1>Saliency report — {_e(report.report_id)}</h1>"
         f"<p class='muted'>Generated {_e(report.generated)} by {_e(card.software or 'medclass')}</p>"
         f"{_kv_table(list(report.patient.items()))}"
@@ -319,23 +340,34 @@ def merge_evaluation(meta: Mapping[str, Any], doc: Any) -> Mapping[str, Any]:
 
 
 def render_index(
-    rows: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, str]], method: str, layer: str
+    rows: Sequence[Mapping[str, Any]],
+    errors: Sequence[Mapping[str, str]],
+    method: str,
+    layer: str,
+    refused: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """OUT/index.html of ``medclass explain``: one row per explained image, then the failures."""
+    """OUT/index.html of ``medclass explain``: one row per explained image (out-of-scope ones marked), the
+    images the input gate refused, then the failures."""
     e = _e
+
+    def scope(r: Mapping[str, Any]) -> str:
+        return f" <b>(out of scope: {e(r['gate_reason'])})</b>" if r.get("in_scope") is False else ""
+
     body = "".join(
-        f"<tr><td>{e(r['study_id'])}</td><td>{e(r['image_id'])}</td><td>{e(r['explained_class'])}</td>"
+        f"<tr><td>{e(r['study_id'])}</td><td>{e(r['image_id'])}{scope(r)}</td><td>{e(r['explained_class'])}</td>"
         f"<td><a href='{e(r['overlay_png'])}'>overlay</a></td><td><a href='{e(r['report_html'])}'>HTML</a>"
         + (f" · <a href='{e(r['report_pdf'])}'>PDF</a>" if r["report_pdf"] else "")
         + "</td></tr>"
         for r in rows
     )
     errs = "".join(f"<li>{e(x.get('source_id', ''))}: {e(x['kind'])}: {e(x['message'])}</li>" for x in errors)
+    refs = "".join(f"<li>{e(r['image_id'])}: {e(r.get('gate_reason', ''))}</li>" for r in refused)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medclass saliency index</title>"
         f"<style>{CSS}</style></head><body><p class='alert'>Not for diagnostic use.</p>"
         f"<h1>Saliency maps ({e(method)} at {e(layer)})</h1><table><tr><th>Study</th>"
         f"<th>Image</th><th>Explained class</th><th>Overlay</th><th>Report</th></tr>{body}</table>"
+        + (f"<h2>Refused by the input gate (out of scope; not explained)</h2><ul>{refs}</ul>" if refs else "")
         + (f"<h2>Failed</h2><ul>{errs}</ul>" if errs else "")
         + "</body></html>\n"
     )

@@ -21,6 +21,7 @@ from medclass.report.clinician import (
     fmt,
     method_limits,
     operating_point_for,
+    out_of_scope_text,
     region_lines,
     threshold_text,
 )
@@ -123,6 +124,8 @@ def _image_page(report: ClinicianReport, index: int, sec: ImageSection):
     _banner(fig)
     w = _Writer(fig, top=0.90)
     w.line(f"Image {index}: {sec.description} ({sec.image_id})", size=12, weight="bold")
+    if sec.gate_reason:
+        w.line(out_of_scope_text(sec.gate_reason), size=11, weight="bold", color="#b00020")
     pictures = [
         (sec.original_png, "Original (windowed)"),
         (sec.overlay_png, f"Saliency: {sec.explained_class}"),
