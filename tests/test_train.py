@@ -405,6 +405,9 @@ def test_checkpoints_run_files_and_exact_resume(pngs, tmp_path):
     assert cal["split"] == "val" and cal["n"] == 4 and cal["selection"]["folds"] == 2
     assert cal["method"] in ("none", "temperature", "platt", "isotonic") and full.calibration
     assert resumed.calibration and "calibration" in checkpoint.load(tmp_path / "part" / "best").meta
+    # the input gate's training-data profile is fitted into best (only), and survives the sidecar's seal
+    assert ck.meta["gate_profile"]["features"]["calibration_n"] == 4
+    assert "gate_profile" not in checkpoint.load(run / "last").meta
     saved = yaml.safe_load((run / "config.yaml").read_text())
     from medclass.manifest import load_manifest
 
