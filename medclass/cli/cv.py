@@ -66,7 +66,7 @@ PLAN = "cv_plan.json"
 RESULT = "result.json"
 # Settings that may change between a run and its continuation (they do not change the numbers).
 _FREE = ("out", "progress", "workers", "cache", "cache_dir", "cache_dtype", "tensorboard", "device", "data_root",
-         "manifest", "allow_outside_root", "allow_empty_class")  # fmt: skip
+         "manifest", "allow_outside_root", "allow_empty_class", "profile")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -252,7 +252,7 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
         {
             "action": argparse.BooleanOptionalAction,
             "help": "at the end, fit the input gate's profile of the training data into 'best' (one more "
-            "forward pass over the train and val images; see medclass profile) (default: on)",
+            "forward pass over the train and val images; see medclass profile)",
         },
     ),
     ("--progress", "progress", {"action": argparse.BooleanOptionalAction, "help": "progress bars"}),
