@@ -191,3 +191,13 @@ def test_gate_from_meta_old_checkpoint_off_and_malformed(caplog):
         Gate.from_meta(meta, "strict")
     with pytest.raises(CheckpointError, match="version"):
         Gate.from_meta({PROFILE_KEY: {"version": 99}})
+
+
+def test_facts_travel_to_ray_actors_as_json():
+    import json
+
+    from medclass.score.ray_engine import _facts
+
+    facts = ImageFacts("dicom", "CT", "MONOCHROME2", "CHEST", "AP", 512, 512, 0.7)
+    assert ImageFacts(**json.loads(json.dumps(_facts(facts)))) == facts
+    assert _facts(None) is None
