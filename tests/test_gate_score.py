@@ -201,3 +201,29 @@ def test_explain_banners_out_of_scope_images_and_refuses_them_on_request(gated, 
     assert sorted(Path(r["source"]).name for r in doc["refused"]) == ["ct.dcm", "inverted.png"]
     assert all(r["decision"] == "refused" and r["gate_reason"] for r in doc["refused"])
     assert "Refused by the input gate" in (out / "index.html").read_text()
+
+
+def test_profile_command_adds_a_profile_to_an_old_checkpoint(gated, tmp_path, capsys):
+    from medclass import checkpoint
+
+    root = gated[2].parent
+    old = tmp_path / "old"
+    for suffix in (".safetensors", ".json"):
+        (tmp_path / f"old{suffix}").write_bytes((gated[1].parent / f"old{suffix}").read_bytes())
+    lines = ["path,patient_id,split,label"]
+    lines += [
+        f"train{i}.png,p{i},{'train' if i < 7 else 'val'},{('NORMAL', 'PNEUMONIA')[i % 2]}" for i in range(10)
+    ]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    args = ["profile", "--checkpoint", str(old), "--manifest", str(manifest), "--data-root", str(root)]
+    assert main([*args, "--workers", "0"]) == ExitCode.OK
+    assert "input-gate profile written to" in capsys.readouterr().out
+    meta = checkpoint.load(old).meta  # the weights untouched, the sidecar sealed again
+    assert meta["sha256"] == checkpoint.load(gated[1]).meta["sha256"]
+    profile = meta["gate_profile"]
+    assert profile["meta"]["n"] == 7 and profile["meta"]["formats"] == ["png"]
+    assert profile["features"]["calibration_n"] == 3
+    out = tmp_path / "s.jsonl"
+    assert _score(old, gated[2], out) == ExitCode.OK
+    assert all(r["in_scope"] is not None for r in _by_name(out).values())
