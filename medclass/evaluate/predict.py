@@ -91,7 +91,8 @@ def _forward(
             )
         ids = ds.image_ids()
         by_id = {image_id(r): r for r in ds.rows}
-        logits, targets, verdicts = [], [], []
+        logits, targets = [], []
+        verdicts: list[Any] = []
         for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
             if gate is not None and gate.active:
                 z, feats = predictor.logits_and_features(x)  # B×C, B×D (None without features)
