@@ -12,7 +12,7 @@ from typing import Any
 
 from medclass.cli.calibrate import add_no_calibration
 from medclass.cli.gate_args import add_gate_argument, gate_line
-from medclass.names import AGGREGATIONS, IN_SCOPE_COLUMN
+from medclass.names import AGGREGATIONS
 
 HELP = "measure a model on the test split: AUC with CIs, operating point from validation, report"
 DESCRIPTION = """\
@@ -188,37 +188,6 @@ def _calibration_block(args: argparse.Namespace, val: list[Any], test: list[Any]
     return block
 
 
-def _out_of_scope(row: Any) -> bool:
-    """Whether the input gate put a predictions row out of scope (``in_scope`` false; CSV text too)."""
-    return str(row.get(IN_SCOPE_COLUMN, "")).lower() == "false"
-
-
-def _gate(args: argparse.Namespace, val: list[Any], test: list[Any], facts: dict[str, Any]) -> Any:
-    """The gate's part of the evaluation: how many images were out of scope, and for ``refuse`` the
-    in-scope rows only. Returns ``(val, test, summary or None)``."""
-    from collections import Counter
-
-    if args.gate == "off" or not any(IN_SCOPE_COLUMN in r for r in val + test):
-        return val, test, None
-    out_val, out_test = [r for r in val if _out_of_scope(r)], [r for r in test if _out_of_scope(r)]
-    reasons = Counter(
-        part.split(" (")[0] for r in out_test for part in str(r.get("gate_reason", "")).split("; ") if part
-    )
-    summary = {
-        "mode": args.gate,
-        "out_of_scope": {"validation": len(out_val), "test": len(out_test)},
-        "images": {"validation": len(val), "test": len(test)},
-        "test_reasons": dict(reasons.most_common(10)),
-    }
-    facts["input gate"] = (
-        f"{gate_line(len(out_test), len(test))} in the test split, {len(out_val)} of {len(val)} in "
-        f"validation (--gate {args.gate})"
-    )
-    if args.gate == "refuse":
-        val, test = [r for r in val if not _out_of_scope(r)], [r for r in test if not _out_of_scope(r)]
-    return val, test, summary
-
-
 def _attach(args: argparse.Namespace, result: Any, metrics: dict[str, Any]) -> None:
     """Store the image-level operating point in the checkpoint's sidecar (see DESCRIPTION)."""
     from medclass import checkpoint
@@ -263,18 +232,6 @@ def _attach(args: argparse.Namespace, result: Any, metrics: dict[str, Any]) -> N
             print(f"operating point not stored in the checkpoint: {exc.strerror or exc} ({args.checkpoint})")
             return
         print(f"operating point stored in {path} (used by score and explain)")
-
-
-def _in_scope_metrics(val: list[Any], test: list[Any], config: Any) -> dict[str, Any]:
-    """The metrics of the in-scope rows alone (``{"note": why not}`` when they cannot be measured)."""
-    from medclass.errors import MedclassError
-    from medclass.evaluate import evaluate_predictions, to_dict
-
-    val_in, test_in = [r for r in val if not _out_of_scope(r)], [r for r in test if not _out_of_scope(r)]
-    try:
-        return to_dict(evaluate_predictions(val_in, test_in, config=config))
-    except MedclassError as exc:
-        return {"note": f"not measurable on the in-scope images alone: {exc}"}
 
 
 def _print_in_scope(block: dict[str, Any] | None) -> None:
@@ -347,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
         split_rows,
         to_dict,
     )
+    from medclass.evaluate.gated import gate_summary, in_scope_metrics
     from medclass.fileio import atomic_write_text
     from medclass.report import write_evaluation
     from medclass.report.markdown import calibration_markdown, threshold_markdown
@@ -380,7 +338,13 @@ def run(args: argparse.Namespace) -> int:
     for name, part in ((args.val_split, val), (args.split, test)):
         if not part:
             raise DataError(f"no rows in split {name!r} (splits present: {_splits(rows)})")
-    val, test, gate = _gate(args, val, test, facts)
+    val, test, gate = gate_summary(val, test, args.gate)
+    if gate is not None:
+        n_out, n = gate["out_of_scope"], gate["images"]
+        facts["input gate"] = (
+            f"{gate_line(n_out['test'], n['test'])} in the test split, {n_out['validation']} of "
+            f"{n['validation']} in validation (--gate {args.gate})"
+        )
     for name, part in ((args.val_split, val), (args.split, test)):
         if not part:
             raise DataError(f"no in-scope rows in split {name!r} (--gate refuse); try --gate flag")
@@ -390,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
     if gate is not None:
         metrics["gate"] = gate
         if args.gate == "flag" and gate["out_of_scope"]["test"]:
-            metrics["in_scope"] = _in_scope_metrics(val, test, config)
+            metrics["in_scope"] = in_scope_metrics(val, test, config)
     metrics["splits"] = {"validation": args.val_split, "test": args.split}
     metrics["checkpoint_calibration"] = _calibration_block(args, val, test, positive)
     metrics["probability_scale"] = (

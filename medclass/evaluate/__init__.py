@@ -4,7 +4,8 @@ Two layers:
 
 - pure, on a predictions table: :func:`evaluate_predictions` (thresholds and temperature chosen on the
   validation split, everything measured on test) and :func:`to_dict` (the content of ``metrics.json``);
-- model forward: :func:`predict_manifest` turns a checkpoint and a manifest into predictions rows.
+- model forward: :func:`predict_manifest` turns a checkpoint and a manifest into predictions rows;
+- the input gate's counts and the in-scope-only metrics: :mod:`medclass.evaluate.gated`.
 
 Figures and the HTML report are drawn from the ``metrics.json`` data by :mod:`medclass.report`.
 """
