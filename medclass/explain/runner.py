@@ -215,17 +215,8 @@ class ExplainRun:
         self.refused.append(refused_row(image.meta, verdict, self.taken, self.inputs))
         log.info("%s refused by the input gate: %s", self.refused[-1]["image_id"], verdict.reason)
 
-    def _one(
-        self,
-        image: Any,
-        prepared: Any,
-        smap: Any,
-        target: int,
-        probs: Any,
-        faith: Any,
-        written: list[Path],
-        verdict: Any = None,
-    ) -> None:
+    def _one(self, image: Any, prepared: Any, smap: Any, target: int, probs: Any, faith: Any,
+             written: list[Path], verdict: Any = None) -> None:  # fmt: skip
         """Every output of one explained image; files are listed in ``written`` as they are written, and
         the row and report section are kept only when all of them were."""
         import numpy as np
