@@ -252,3 +252,12 @@ def regions_figure_png(display: np.ndarray, regions: Sequence[Region], width_px:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def report_section(display: Any, regions: Sequence[Region]) -> dict[str, Any]:
+    """The regions figure and table rows of a clinician report's image section (plain data for the report
+    stage)."""
+    table = tuple(
+        {"rank": r.rank, "box": r.box, "area_px": r.area_px, "peak": r.peak, "mean": r.mean} for r in regions
+    )
+    return {"regions_png": regions_figure_png(display, regions), "regions": table}

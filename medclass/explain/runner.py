@@ -223,6 +223,7 @@ class ExplainRun:
 
         from medclass.explain import overlay_figure_png, to_original
         from medclass.explain.overlay import png_bytes
+        from medclass.explain.regions import report_section
         from medclass.fileio import atomic_write_bytes
         from medclass.phi import pseudonym
         from medclass.preprocess import display_image
@@ -280,7 +281,7 @@ class ExplainRun:
                 faithfulness_metric=self.s.faithfulness or "",
                 faithfulness_meaning=meaning,
                 gate_reason=verdict.reason if verdict is not None and verdict.in_scope is False else "",
-                **({} if regions is None else _region_section(display, regions)),
+                **({} if regions is None else report_section(display, regions)),
             )
         )
         self.studies[study_id] = study
@@ -349,15 +350,13 @@ class ExplainRun:
 
     # -- output side --------------------------------------------------------------------------------
     def finish(self) -> None:
-        import json
-
-        from medclass.fileio import atomic_write_text, write_csv
-        from medclass.report.clinician import ClinicianReport, render_html, render_index
-        from medclass.report.clinician_pdf import write_pdf
+        """Explain what is still pending, then write each study's report, the tables and the index."""
+        from medclass.explain.written import write_reports, write_tables
+        from medclass.report.clinician import ClinicianReport
 
         self._flush()
-        for study in self.studies.values():
-            report = ClinicianReport(
+        reports = [
+            ClinicianReport(
                 report_id=study.report_id,
                 patient=study.patient,
                 images=study.sections,
@@ -371,18 +370,13 @@ class ExplainRun:
                 colormap=self.s.colormap,
                 region_threshold=self.s.region_threshold if self.s.regions else None,
             )
-            phi = self.s.include_phi  # reports with names and IDs stay owner-only (0600)
-            try:
-                atomic_write_text(
-                    self.out / f"{study.report_id}_report.html", render_html(report), private=phi
-                )
-                if self.s.pdf:
-                    write_pdf(report, self.out / f"{study.report_id}_report.pdf", private=phi)
-            except Exception as exc:  # this study's report fails; its images keep their other outputs
-                self.fail(f"{study.report_id}_report", exc, "report")
-                for row in self.rows:
-                    if row["study_id"] == study.report_id:
-                        row["report_pdf"] = row["report_html"] = ""
+            for study in self.studies.values()
+        ]
+        for report_id, exc in write_reports(reports, self.out, pdf=self.s.pdf, private=self.s.include_phi):
+            self.fail(f"{report_id}_report", exc, "report")  # its images keep their other outputs
+            for row in self.rows:
+                if row["study_id"] == report_id:
+                    row["report_pdf"] = row["report_html"] = ""
         errors = [{k: v for k, v in e.items() if k != "where" or self.s.include_phi} for e in self.errors]
         doc = {
             "method": self.s.method,
@@ -401,31 +395,7 @@ class ExplainRun:
             "refused": self.refused,
             "errors": errors,
         }
-        atomic_write_text(
-            self.out / "explanations.json",
-            json.dumps(doc, indent=2, allow_nan=False, default=_nan_none) + "\n",
-            private=self.s.include_phi,
-        )
-        fields = [k for k in dict.fromkeys(k for r in self.rows for k in r) if k != "regions"] or ["image_id"]
-        write_csv(self.out / "explanations.csv", self.rows, fields, private=self.s.include_phi)
-        atomic_write_text(
-            self.out / "index.html",
-            render_index(self.rows, errors, self.s.method, self.s.layer, refused=self.refused),
-        )
-
-
-def _region_section(display: Any, regions: Any) -> dict[str, Any]:
-    """The regions figure and table rows of a report section (plain data for the report stage)."""
-    from medclass.explain.regions import regions_figure_png
-
-    table = tuple(
-        {"rank": r.rank, "box": r.box, "area_px": r.area_px, "peak": r.peak, "mean": r.mean} for r in regions
-    )
-    return {"regions_png": regions_figure_png(display, regions), "regions": table}
-
-
-def _nan_none(value: Any) -> Any:
-    return None
+        write_tables(self.out, doc, private=self.s.include_phi)
 
 
 def _where(meta: Any) -> str:
