@@ -54,16 +54,21 @@ def dicomweb_plugin() -> str:
     raise AssertionError("unreachable")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: all sockets are held open until every port is chosen (asked one at a
+    time, the kernel may hand out the same port twice: one CI run gave Orthanc's HTTP and DICOM servers the
+    same port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 class Orthanc:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.http_port, self.dicom_port = free_port(), free_port()
+        self.http_port, self.dicom_port = free_ports(2)
         self.proc: subprocess.Popen[bytes] | None = None
         self.config = self.root / "orthanc.json"
         (self.root / "db").mkdir(parents=True, exist_ok=True)
