@@ -8,6 +8,7 @@ tests never skip silently there.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,36 @@ def kermany(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def medmnist(shared_data: Path) -> Path:
     return _require(shared_data / "medmnist")
+
+
+# Disk: a full run trains and saves dozens of ~100 MB checkpoints. Function-level ``tmp_path`` folders of
+# passing tests are removed by pytest itself (``tmp_path_retention_policy = "failed"`` in pyproject.toml);
+# the folders module fixtures make with ``tmp_path_factory.mktemp`` are removed when their module ends,
+# unless a test failed in it (kept for a look). Without this one run left ~17 GB in /tmp and a CI machine
+# ran out of disk.
+_made: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _track_mktemp(tmp_path_factory: pytest.TempPathFactory):
+    original = tmp_path_factory.mktemp
+
+    def mktemp(basename: str, numbered: bool = True) -> Path:
+        path = original(basename, numbered)
+        _made.append(path)
+        return path
+
+    tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
+    yield
+    tmp_path_factory.mktemp = original  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_tmp_cleanup(request: pytest.FixtureRequest, _track_mktemp):
+    start, failed = len(_made), request.session.testsfailed
+    yield
+    made = _made[start:]
+    del _made[start:]
+    if request.session.testsfailed == failed:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

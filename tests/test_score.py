@@ -73,7 +73,7 @@ def make_checkpoint(
     return stem
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def score_ckpt(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
