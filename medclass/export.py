@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.errors import ConfigError
+from medclass.quantize import DEFAULT_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -174,15 +175,71 @@ def relative_diff(max_abs_diff: float, max_abs_ref: float) -> float:
     return max_abs_diff / max(1.0, max_abs_ref)
 
 
+@dataclass(frozen=True)
+class Int8Options:
+    """What ``export --quantize int8`` calibrates on: ``manifest``'s ``split`` (at most ``images`` of
+    its images, read under ``data_root``); ``force`` keeps a model the accuracy guard refuses."""
+
+    manifest: str | os.PathLike[str]
+    split: str = "val"
+    data_root: str | os.PathLike[str] | None = None
+    images: int = DEFAULT_IMAGES
+    force: bool = False
+    allow_outside_root: bool = False
+
+
+def _int8(data: bytes, ckpt: Any, options: Int8Options, out: Path) -> tuple[bytes, dict[str, Any]]:
+    """The int8 graph of ``data`` and the sidecar's ``quantization`` record; raises ConfigError (nothing
+    written) when the accuracy guard refuses it and ``options.force`` is not set."""
+    from medclass import quantize
+    from medclass.calibrate import from_meta
+
+    x, y = quantize.calibration_inputs(
+        ckpt.path, options.manifest, options.split, options.data_root, limit=options.images,
+        allow_outside_root=options.allow_outside_root,
+    )  # fmt: skip
+    log.info("quantizing to int8, calibrated on %d %s images", len(x), options.split)
+    int8 = quantize.quantize_int8(data, x)
+    checked = quantize.guard(
+        data, int8, x, y, task=str(ckpt.meta["task"]),
+        positive=quantize.positive_index(ckpt.meta, ckpt.meta["classes"]), calibration=from_meta(ckpt.meta),
+    )  # fmt: skip
+    record: dict[str, Any] = {
+        "dtype": "int8",
+        "method": "onnxruntime static quantization: QDQ, int8 weights per channel, uint8 activations, min-max",
+        "calibration_manifest": str(options.manifest),
+        "calibration_split": options.split,
+        "forced": False,
+        "guard": checked,
+    }
+    if not checked["passed"]:
+        if not options.force:
+            raise ConfigError(
+                f"{quantize.describe(record)}: over the limit, not written (use the fp32 export, calibrate on "
+                "more images, or pass --force to keep it anyway)",
+                out,
+            )
+        record["forced"] = True
+        log.warning("%s: over the limit, kept because of --force", quantize.describe(record))
+    return int8, record
+
+
 def export_onnx(
-    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    int8: Int8Options | None = None,
 ) -> ExportResult:
-    """Export ``checkpoint``'s main logits to ONNX at ``out`` with a sidecar ``out.json``.
+    """Export ``checkpoint``'s main logits to ONNX at ``out`` with a sidecar ``out.json``; with ``int8``,
+    the graph quantized to int8 (:mod:`medclass.quantize`), its accuracy guard's figures in the sidecar's
+    ``quantization``.
 
     Returns an :class:`ExportResult`. Raises :class:`~medclass.errors.CheckpointError` for a bad checkpoint
-    and :class:`ConfigError` when ``onnx`` is missing or the export is not faithful (max |Δlogit| over
-    max(1, max |logit|) above :data:`PARITY_RTOL`); then nothing is written. A crash while writing leaves
-    the previous export (as ``<out stem>.prev.onnx`` until the new one is complete) or the new one.
+    and :class:`ConfigError` when ``onnx`` is missing, the export is not faithful (max |Δlogit| over
+    max(1, max |logit|) above :data:`PARITY_RTOL`) or the int8 graph fails the guard (unless forced); then
+    nothing is written. A crash while writing leaves the previous export (as ``<out stem>.prev.onnx`` until
+    the new one is complete) or the new one.
     """
     try:
         import onnx
@@ -210,6 +267,9 @@ def export_onnx(
             out,
         )
     out = Path(out)
+    quantization = None
+    if int8 is not None:
+        data, quantization = _int8(data, ckpt, int8, out)
     carried = {k: meta[k] for k in CARRIED_KEYS if k in meta}
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -225,6 +285,8 @@ def export_onnx(
         "opset": opset,
         "parity_max_abs_logit_diff": diff,
         "parity_max_rel_logit_diff": rel,
+        "precision": "fp32" if quantization is None else "int8",
+        **({} if quantization is None else {"quantization": quantization}),
         "versions": {"medclass": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
     }
     side = sidecar_path(out)
@@ -237,5 +299,8 @@ def export_onnx(
         (prev, sidecar_path(prev)),
         digest_key="onnx_sha256",
     )
-    log.info("exported %s (%.1f MB, opset %d, max |Δlogit| vs torch %s)", out, len(data) / 1e6, opset, diff)
+    log.info(
+        "exported %s (%s, %.1f MB, opset %d, fp32 graph's max |Δlogit| vs torch %s)",
+        out, sidecar["precision"], len(data) / 1e6, opset, diff,
+    )  # fmt: skip
     return ExportResult(out, side, diff, sidecar)

@@ -22,6 +22,7 @@ PRECISION_NAMES = ("fp32", "bf16")
 
 #: inference backends of ``medclass score --backend`` (:data:`medclass.model.predictor.PREDICTORS`)
 BACKEND_NAMES = ("torch", "onnxruntime")
+QUANTIZE_NAMES = ("int8",)  # medclass export --quantize
 
 #: scoring engines of ``medclass score --engine`` (:data:`medclass.score.runner.ENGINES`)
 ENGINE_NAMES = ("local", "ray")
@@ -78,6 +79,7 @@ __all__ = [
     "OOD_SCORE_COLUMN",
     "PRECISION_NAMES",
     "PROB_PREFIX",
+    "QUANTIZE_NAMES",
     "RAW_PROB_PREFIX",
     "REFUSED",
     "SCORE_FORMATS",

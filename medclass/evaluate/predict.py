@@ -34,10 +34,10 @@ def _truth(row: Any, manifest: Any) -> dict[str, Any]:
     return {"label": row.label}
 
 
-def _load(
+def load_checked(
     checkpoint: Any, manifest: Any, splits: Sequence[str], data_root: Any, allow_outside_root: bool
 ) -> Any:
-    """``(ckpt, manifest)``: the checkpoint loaded and the manifest checked against it (see
+    """``(ckpt, manifest)``: the checkpoint loaded and the manifest (a path or a loaded one) checked against it (see
     :func:`predict_manifest` for what is raised)."""
     from medclass import checkpoint as checkpoints
     from medclass.manifest import check_files, load_manifest
@@ -155,7 +155,7 @@ def predict_manifest(
     from medclass.gate import Gate
     from medclass.model.predictor import TorchPredictor
 
-    ckpt, manifest = _load(checkpoint, manifest, splits, data_root, allow_outside_root)
+    ckpt, manifest = load_checked(checkpoint, manifest, splits, data_root, allow_outside_root)
     classes = list(ckpt.meta["classes"])
     calibration = from_meta(ckpt.meta, enabled=calibrated)
     predictor = TorchPredictor(
@@ -213,7 +213,7 @@ def calibrate_checkpoint(
     from medclass.calibrate import fit_calibration
     from medclass.model.predictor import TorchPredictor
 
-    ckpt, manifest = _load(checkpoint, manifest, (split,), data_root, allow_outside_root)
+    ckpt, manifest = load_checked(checkpoint, manifest, (split,), data_root, allow_outside_root)
     predictor = TorchPredictor(ckpt.model, ckpt.task, device=device)
     _, _, ids, logits, targets, _ = next(_forward(ckpt, manifest, (split,), predictor, batch_size, {}))
     if not ids:

@@ -108,6 +108,10 @@ def load_meta(config: ScoreConfig) -> tuple[dict[str, Any], Any]:
         from medclass.export import read_sidecar
 
         onnx_meta = read_sidecar(config.onnx)
+        if "quantization" in onnx_meta:
+            from medclass.quantize import describe
+
+            log.info("%s: %s", config.onnx, describe(onnx_meta["quantization"]))
     if config.checkpoint is None:
         if onnx_meta is None:
             raise ConfigError("--checkpoint is required (or --backend onnxruntime --onnx MODEL.onnx)")
@@ -130,6 +134,8 @@ def load_meta(config: ScoreConfig) -> tuple[dict[str, Any], Any]:
             f"--checkpoint ({str(meta.get('sha256'))[:12]}…); export it again",
             config.onnx,
         )
+    if onnx_meta is not None and "quantization" in onnx_meta:
+        meta["quantization"] = onnx_meta["quantization"]
     return meta, model
 
 

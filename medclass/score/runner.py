@@ -162,9 +162,10 @@ def run_scoring(
         raise ConfigError(f"no images found in {', '.join(map(str, config.paths))}")
     done = output.done_rows(str(meta.get("sha256", ""))) if config.resume else {}
     todo = [i for i in items if i.key not in done]
+    precision = "int8" if "quantization" in meta else config.precision
     log.info(
         "%d inputs, %d already done; engine=%s backend=%s precision=%s batch_size=%d format=%s fast_decode=%s",
-        len(items), len(items) - len(todo), config.engine, config.backend, config.precision,
+        len(items), len(items) - len(todo), config.engine, config.backend, precision,
         config.batch_size, fmt, config.fast_decode,
     )  # fmt: skip
     update = progress(len(items), len(items) - len(todo)) if progress is not None else None
@@ -172,7 +173,7 @@ def run_scoring(
     counts, used = ENGINES[config.engine](job) if todo else (Counts(), {})
     counts.skipped = len(items) - len(todo)
     settings = dict(
-        engine=config.engine, backend=config.backend, precision=config.precision,
+        engine=config.engine, backend=config.backend, precision=precision,
         batch_size=config.batch_size, format=fmt, fast_decode=config.fast_decode, **used,
     )  # fmt: skip
     report = ScoreReport(counts, out, len(items), settings=settings)
