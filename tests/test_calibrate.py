@@ -232,6 +232,28 @@ def test_score_applies_the_calibration_unless_told_not_to(calibrated: Path, data
         np.testing.assert_allclose(got[f.name], by_hand[f.name], atol=1e-5)
         np.testing.assert_allclose(raw[f.name], raw_by_hand[i], atol=1e-5)
     assert max(np.abs(got[f.name] - raw[f.name]).max() for f in files) > 1e-3
+    assert {r["probability_scale"] for r in csv.DictReader((tmp_path / "cal.csv").open())} == {"calibrated"}
+    assert {r["probability_scale"] for r in csv.DictReader((tmp_path / "raw.csv").open())} == {"raw"}
+
+
+@pytest.mark.slow
+def test_resume_never_mixes_calibrated_and_raw_rows(calibrated: Path, data: Path, tmp_path: Path, capsys):
+    from medclass.cli import main
+
+    files = _images(data, 4)
+    out = tmp_path / "s.csv"
+    _scores(calibrated, files[:2], out)
+    before = out.read_bytes()
+    argv = ["score", "--checkpoint", str(calibrated), *map(str, files), "--out", str(out), "--workers", "0",
+            "--no-progress", "--resume"]  # fmt: skip
+    capsys.readouterr()
+    assert main([*argv, "--no-calibration"]) == 1
+    err = capsys.readouterr().err
+    assert "holds calibrated probabilities and this run gives raw ones (--no-calibration given)" in err
+    assert out.read_bytes() == before  # refused before anything was written
+    assert main(argv) == 0  # the same setting resumes
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and {r["probability_scale"] for r in rows} == {"calibrated"}
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.cli import ExitCode, pacs_args
+from medclass.cli.calibrate import add_no_calibration
 
 HELP = "watch a PACS: score (and explain) each new study once, push the results back"
 DESCRIPTION = """\
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state", type=Path, required=True, help="folder for watch.sqlite, scores.csv, explain/"
     )
+    add_no_calibration(parser)
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between polls")
     parser.add_argument(
         "--max-backoff", type=float, default=300.0, help="longest wait between polls in an outage"
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> ExitCode:
 
     pushers = pacs_args.pushers(args)
     config = ScoreConfig(paths=[], out=args.state / "scores.csv", checkpoint=args.checkpoint, resume=True,
-                         batch_size=args.batch_size, workers=0)  # fmt: skip
+                         batch_size=args.batch_size, workers=0, calibrated=not args.no_calibration)  # fmt: skip
     scorer = PacsScorer(config, pacs_args.connection(args), pushers)
     state = WatchState(args.state, scorer.model_sha)
     if args.changes and args.query:
@@ -117,7 +119,7 @@ def _explainer(args: argparse.Namespace, pushers: list[Any]) -> Any:
     settings = Settings(dicom=True, faithfulness=None, pdf=False)
     explainer = Explainer(
         ckpt.model, method=settings.method, layer=settings.layer, task=ckpt.task,
-        calibration=from_meta(ckpt.meta),
+        calibration=from_meta(ckpt.meta, enabled=not args.no_calibration),
     )  # fmt: skip
     connection = pacs_args.connection(args)
 

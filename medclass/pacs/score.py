@@ -161,7 +161,7 @@ class PacsScorer:
         if config.overwrite:
             self.output.clear()
         self.client = PacsClient(connection)
-        self.done = self.output.done_rows(self.model_sha) if config.resume else {}
+        self.done = self.output.done_rows(self.model_sha, self.rule.scale) if config.resume else {}
         self.settings: dict[str, Any] = {}
         self.pushers = list(pushers)
         self.pull_root = out.parent / f".{out.name}.pull"

@@ -66,6 +66,7 @@ class DecisionRule:
     task: str
     thresholds: dict[str, float]
     name: str
+    scale: str = "raw"  # the probabilities' scale: "calibrated" or "raw" (medclass.calibrate.scale)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], *, calibrated: bool = True) -> DecisionRule:
@@ -83,7 +84,7 @@ class DecisionRule:
             name = "operating_point"
         else:
             name = "argmax" if task == "multiclass" else f"threshold:{DEFAULT_MULTILABEL_THRESHOLD:g}"
-        return cls(classes, task, thresholds, name)
+        return cls(classes, task, thresholds, name, scale)
 
     def describe(self, positive: str | None = None) -> str:
         """One line for people: the rule, its thresholds and the positive class of a two-class model."""

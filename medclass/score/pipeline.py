@@ -30,7 +30,7 @@ from medclass.names import REFUSED
 from medclass.phi import pseudonym
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import WorkItem, one_line
-from medclass.score.rows import PROB_PREFIX
+from medclass.score.rows import PROB_PREFIX, SCALE_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,7 @@ def _row(
         "predicted": label,
         "decision": REFUSED if refused else rule.name if probs is not None else "",
         **verdict.columns(),
+        SCALE_COLUMN: rule.scale if probs is not None else "",
         "model_sha256": model_sha256,
         "error": d.error,
     }

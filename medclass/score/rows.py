@@ -26,7 +26,8 @@ from medclass.score.inputs import clean_text, item_key
 log = logging.getLogger(__name__)
 
 LEADING_COLUMNS = ["path", "frame", "patient", "study_uid", "series_uid"]
-TRAILING_COLUMNS = ["predicted", "decision", *GATE_COLUMNS, "model_sha256", "error"]
+SCALE_COLUMN = "probability_scale"  # "calibrated" or "raw" (--no-calibration, or no calibration stored)
+TRAILING_COLUMNS = ["predicted", "decision", *GATE_COLUMNS, SCALE_COLUMN, "model_sha256", "error"]
 
 
 def score_columns(classes: Sequence[str]) -> list[str]:

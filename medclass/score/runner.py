@@ -160,7 +160,7 @@ def run_scoring(
     )
     if not items:
         raise ConfigError(f"no images found in {', '.join(map(str, config.paths))}")
-    done = output.done_rows(str(meta.get("sha256", ""))) if config.resume else {}
+    done = output.done_rows(str(meta.get("sha256", "")), rule.scale) if config.resume else {}
     todo = [i for i in items if i.key not in done]
     precision = "int8" if "quantization" in meta else config.precision
     log.info(

@@ -35,6 +35,7 @@ from medclass.score.rows import (
     LEADING_COLUMNS,
     LOGS,
     PROB_PREFIX,
+    SCALE_COLUMN,
     TRAILING_COLUMNS,
     CsvLog,
     JsonlLog,
@@ -171,10 +172,14 @@ class ScoreOutput:
             return read_scores(path, self.format)
         return self._part_log(path).read(repair=False)
 
-    def done_rows(self, model_sha256: str | None = None) -> dict[str, dict[str, Any]]:
+    def done_rows(
+        self, model_sha256: str | None = None, scale: str | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Rows already written (output + every part), by key; a torn tail of the row log is cut off.
 
-        Raises :class:`ConfigError` when they were scored by another model than ``model_sha256``.
+        Raises :class:`ConfigError` when they were scored by another model than ``model_sha256`` or on
+        another probability scale than ``scale`` (calibrated vs raw: one file never mixes the two; rows
+        written before the column existed carry none and are accepted).
         """
         done: dict[str, dict[str, Any]] = {}
         for path in [
@@ -189,6 +194,15 @@ class ScoreOutput:
                 raise ConfigError(
                     f"was scored with another model (weights sha256 {sorted(other)[0][:12]}…, this one "
                     f"{model_sha256[:12]}…); use another --out or --overwrite",
+                    self.out,
+                )
+        if scale:
+            scales = {str(r.get(SCALE_COLUMN) or "") for r in done.values()} - {scale, "", "None"}
+            if scales:
+                raise ConfigError(
+                    f"holds {sorted(scales)[0]} probabilities and this run gives {scale} ones "
+                    f"({'--no-calibration given' if scale == 'raw' else 'without --no-calibration'}); "
+                    "resume with the same setting, or use another --out or --overwrite",
                     self.out,
                 )
         return done
