@@ -186,6 +186,7 @@ class Int8Options:
     images: int = DEFAULT_IMAGES
     force: bool = False
     allow_outside_root: bool = False
+    quantizer: str = "auto"  # "auto" (try every one of medclass.quantize.QUANTIZERS, keep the best) or a name
 
 
 def _int8(data: bytes, ckpt: Any, options: Int8Options, out: Path) -> tuple[bytes, dict[str, Any]]:
@@ -198,20 +199,30 @@ def _int8(data: bytes, ckpt: Any, options: Int8Options, out: Path) -> tuple[byte
         ckpt.path, options.manifest, options.split, options.data_root, limit=options.images,
         allow_outside_root=options.allow_outside_root,
     )  # fmt: skip
-    log.info("quantizing to int8, calibrated on %d %s images", len(x), options.split)
-    int8 = quantize.quantize_int8(data, x)
-    checked = quantize.guard(
-        data, int8, x, y, task=str(ckpt.meta["task"]),
-        positive=quantize.positive_index(ckpt.meta, ckpt.meta["classes"]), calibration=from_meta(ckpt.meta),
-    )  # fmt: skip
+    calibration = from_meta(ckpt.meta)
+    positive = quantize.positive_index(ckpt.meta, ckpt.meta["classes"])
+    tried: dict[str, dict[str, Any]] = {}
+    chosen, int8 = "", b""
+    for name in quantize.QUANTIZERS if options.quantizer == "auto" else (options.quantizer,):
+        log.info("quantizing to int8 with %s, calibrated on %d %s images", name, len(x), options.split)
+        candidate = quantize.quantize_int8(data, x, name)
+        tried[name] = quantize.guard(
+            data, candidate, x, y, task=str(ckpt.meta["task"]), positive=positive, calibration=calibration
+        )
+        if not chosen or quantize.better(tried[name], tried[chosen]):
+            chosen, int8 = name, candidate
+    checked = tried[chosen]
     record: dict[str, Any] = {
         "dtype": "int8",
-        "method": "onnxruntime static quantization: QDQ, int8 weights per channel, uint8 activations, min-max",
+        "quantizer": chosen,
+        "method": quantize.METHODS[chosen],
         "calibration_manifest": str(options.manifest),
         "calibration_split": options.split,
         "forced": False,
         "guard": checked,
-    }
+        "candidates": {k: {"max_abs_prob_diff": g["max_abs_prob_diff"], "auc_drop": g["auc_drop"]}
+                       for k, g in tried.items()},
+    }  # fmt: skip
     if not checked["passed"]:
         if not options.force:
             raise ConfigError(
@@ -219,8 +230,8 @@ def _int8(data: bytes, ckpt: Any, options: Int8Options, out: Path) -> tuple[byte
                 "more images, or pass --force to keep it anyway)",
                 out,
             )
-        record["forced"] = True
         log.warning("%s: over the limit, kept because of --force", quantize.describe(record))
+        record["forced"] = True
     return int8, record
 
 

@@ -55,6 +55,17 @@ def test_int8_export_is_quantized_and_records_its_guard(int8: tuple[Path, Path])
         g["max_abs_prob_diff"] <= 0.05 and (g["auc_drop"] is None or g["auc_drop"] <= 0.002)
     )
     assert q["forced"] == (not g["passed"])
+    # both quantizers were measured and the kept one is the better by the guard's order
+    assert set(q["candidates"]) == {"nncf", "onnxruntime"} and q["quantizer"] in q["candidates"]
+    other = next(k for k in q["candidates"] if k != q["quantizer"])
+    from medclass.quantize import better
+
+    def full(c: dict) -> dict:
+        ok = c["max_abs_prob_diff"] <= 0.05 and (c["auc_drop"] is None or c["auc_drop"] <= 0.002)
+        return {**c, "passed": ok}
+
+    kept, rival = full(q["candidates"][q["quantizer"]]), full(q["candidates"][other])
+    assert kept["max_abs_prob_diff"] == g["max_abs_prob_diff"] and not better(rival, kept)
     if g["auc_drop"] is not None:
         assert g["auc_drop"] == pytest.approx(g["auc_fp32"] - g["auc_int8"])
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
@@ -78,7 +89,7 @@ def test_score_with_int8_prints_the_guard_and_stays_close(
     assert main(["score", "--backend", "onnxruntime", "--onnx", str(out), str(folder), "--out", str(b),
                  *common]) == ExitCode.OK  # fmt: skip
     err = capsys.readouterr().err
-    assert f"int8 vs fp32 on {N_CAL} calibration images (val split)" in err
+    assert f"int8 vs fp32 on {N_CAL} calibration images (val split, quantizer " in err
     assert "precision=int8" in err
     ra, rb = read_scores(a), read_scores(b)
     assert [r["path"] for r in ra] == [r["path"] for r in rb]
@@ -147,6 +158,9 @@ def test_guard_measures_auc_drop_and_probability_change() -> None:
     assert 0 < g["max_abs_prob_diff"] < 0.5 and g["images"] == 20
     strict = quantize.guard(fp32, int8, x, y, task="multiclass", max_prob_diff=0.0)
     assert not strict["passed"]
+    assert quantize.better(g, strict) and not quantize.better(strict, g)  # passing wins
+    ort8 = quantize.quantize_int8(fp32, x, "onnxruntime")
+    assert quantize.guard(fp32, ort8, x, y, task="multiclass")["max_abs_prob_diff"] < 0.5
     one_class = quantize.guard(fp32, fp32, x, np.zeros(20, dtype=int), task="multiclass")
     assert one_class["auc_drop"] is None and one_class["passed"]  # no AUC without both classes
     assert "AUC not measured" in quantize.describe({"guard": one_class, "calibration_split": "val"})
