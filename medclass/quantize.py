@@ -73,11 +73,11 @@ def _nncf(fp32: bytes, x: np.ndarray) -> bytes:
     import nncf
     import onnx
 
-    from medclass.export import INPUT_NAME
-
     nncf.set_log_level(logging.ERROR)
-    batches = [{INPUT_NAME: x[i : i + BATCH]} for i in range(0, len(x), BATCH)]
-    quantized = nncf.quantize(onnx.load_from_string(fp32), nncf.Dataset(batches), subset_size=len(batches))
+    model = onnx.load_from_string(fp32)
+    name = model.graph.input[0].name
+    batches = [{name: x[i : i + BATCH]} for i in range(0, len(x), BATCH)]
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     return bytes(quantized.SerializeToString())
 
 
@@ -96,7 +96,7 @@ def _onnxruntime(fp32: bytes, x: np.ndarray) -> bytes:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from medclass.export import INPUT_NAME
+    name = _input_name(fp32)
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
@@ -104,7 +104,7 @@ def _onnxruntime(fp32: bytes, x: np.ndarray) -> bytes:
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             start = next(self.starts, None)
-            return None if start is None else {INPUT_NAME: x[start : start + BATCH]}
+            return None if start is None else {name: x[start : start + BATCH]}
 
     with tempfile.TemporaryDirectory(prefix="medclass-int8-") as tmp:
         src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
@@ -159,14 +159,20 @@ def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return key(a) < key(b)
 
 
+def _input_name(model: bytes) -> str:
+    """The graph's (only) input: read from the model, so this module needs nothing from the exporter."""
+    import onnx
+
+    return str(onnx.load_from_string(model).graph.input[0].name)
+
+
 def _logits(model: bytes, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
-    from medclass.export import INPUT_NAME
-
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
     return np.concatenate(
-        [session.run(None, {INPUT_NAME: x[i : i + BATCH]})[0] for i in range(0, len(x), BATCH)]
+        [session.run(None, {name: x[i : i + BATCH]})[0] for i in range(0, len(x), BATCH)]
     )  # N×C
 
 
