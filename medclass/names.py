@@ -21,7 +21,8 @@ TRANSFER_MODE_NAMES = ("linear", "partial", "full")
 PRECISION_NAMES = ("fp32", "bf16")
 
 #: inference backends of ``medclass score --backend`` (:data:`medclass.model.predictor.PREDICTORS`)
-BACKEND_NAMES = ("torch", "onnxruntime")
+BACKEND_NAMES = ("torch", "onnxruntime", "openvino")
+ONNX_BACKENDS = ("onnxruntime", "openvino")  # the backends that run an exported ONNX file (--onnx)
 QUANTIZE_NAMES = ("int8",)  # medclass export --quantize
 
 #: scoring engines of ``medclass score --engine`` (:data:`medclass.score.runner.ENGINES`)
@@ -76,6 +77,7 @@ __all__ = [
     "GATE_MODES",
     "GATE_REASON_COLUMN",
     "IN_SCOPE_COLUMN",
+    "ONNX_BACKENDS",
     "OOD_SCORE_COLUMN",
     "PRECISION_NAMES",
     "PROB_PREFIX",

@@ -93,6 +93,40 @@ def test_score_with_onnxruntime_backend(exported: tuple[Path, Path], kermany: Pa
         assert x["model_sha256"] == y["model_sha256"]
 
 
+def test_score_with_openvino_backend(exported: tuple[Path, Path], kermany: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    ckpt, out = exported
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, f in enumerate(kermany_jpegs(kermany, 3)):
+        shutil.copy(f, folder / f"x{i}.jpeg")
+    common = ["--workers", "0", "--batch-size", "2", "--no-progress"]
+    a, b, c = tmp_path / "torch.csv", tmp_path / "ov.csv", tmp_path / "ov16.csv"
+    assert main(["score", "--checkpoint", str(ckpt), str(folder), "--out", str(a), *common]) == ExitCode.OK
+    ov = ["score", "--backend", "openvino", "--onnx", str(out), str(folder), *common]
+    assert main([*ov, "--out", str(b)]) == ExitCode.OK
+    assert main([*ov, "--out", str(c), "--precision", "bf16"]) == ExitCode.OK
+    ra, rb, rc = read_scores(a), read_scores(b), read_scores(c)
+    assert [r["path"] for r in ra] == [r["path"] for r in rb] == [r["path"] for r in rc]
+    for x, y, z in zip(ra, rb, rc, strict=True):
+        assert abs(float(x["prob:PNEUMONIA"]) - float(y["prob:PNEUMONIA"])) < 1e-4  # f32: faithful
+        assert abs(float(x["prob:PNEUMONIA"]) - float(z["prob:PNEUMONIA"])) < 0.1  # bf16: close
+        assert x["model_sha256"] == y["model_sha256"] and not y["error"]
+
+
+def test_openvino_refuses_a_gpu_and_a_missing_file(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from medclass.errors import ConfigError
+    from medclass.model.predictor import make_predictor
+
+    with pytest.raises(ConfigError, match="needs --onnx"):
+        make_predictor("openvino", task="multiclass")
+    with pytest.raises(ConfigError, match="not found"):
+        make_predictor("openvino", task="multiclass", onnx_path=tmp_path / "none.onnx")
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        make_predictor("openvino", task="multiclass", onnx_path=tmp_path / "none.onnx", device="cuda:0")
+
+
 def test_stale_export_is_refused(exported: tuple[Path, Path], tmp_path: Path, kermany: Path, capsys) -> None:
     _, out = exported
     other = make_checkpoint(tmp_path / "other", seed=3)

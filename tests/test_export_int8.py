@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -98,6 +99,15 @@ def test_score_with_int8_prints_the_guard_and_stays_close(
     ]
     assert max(diffs) < 0.5  # int8, not garbage: the same model's probabilities, slightly moved
     assert all(not r["error"] for r in rb)
+    if importlib.util.find_spec("openvino") is not None:  # the same int8 graph run by OpenVINO
+        c = tmp_path / "int8-ov.csv"
+        assert main(["score", "--backend", "openvino", "--onnx", str(out), str(folder), "--out", str(c),
+                     *common]) == ExitCode.OK  # fmt: skip
+        rc = read_scores(c)
+        gap = max(
+            abs(float(x["prob:PNEUMONIA"]) - float(y["prob:PNEUMONIA"])) for x, y in zip(rb, rc, strict=True)
+        )
+        assert gap < 0.05, gap
 
 
 @pytest.mark.realdata

@@ -49,7 +49,9 @@ the checkpoint and the folder of --out under the same paths.
 Speed on a CPU: decoding runs in --workers processes while the model runs here. The defaults reproduce
 'evaluate' exactly (fp32, full decode). Two opt-in trades: --precision bf16 (about 2x the model's speed;
 probabilities move by up to ~0.1 on some images) and --fast-decode (JPEGs decoded at 1/2-1/8 scale in
-the DCT domain; about 2x less decode work on radiographs; probabilities move by up to ~0.02).
+the DCT domain; about 2x less decode work on radiographs; probabilities move by up to ~0.02). An
+exported model (medclass export, fp32 or --quantize int8) runs with --backend onnxruntime or --backend
+openvino --onnx MODEL.onnx; OpenVINO was the faster of the two on the development CPU, for both graphs.
 
 From a PACS: --dicomweb URL reads the studies named by --study UID or matched by --query KEY=VALUE over
 DICOMweb (QIDO-RS, WADO-RS), study by study, into the same rows (path: the instance's WADO-RS URL);
@@ -67,6 +69,7 @@ Examples:
       --out scores.jsonl --precision bf16 --fast-decode --workers 2
   medclass export --checkpoint runs/r1/best --format onnx --out model.onnx
   medclass score --backend onnxruntime --onnx model.onnx scans/ --out scores.csv
+  medclass score --backend openvino --onnx model.int8.onnx scans/ --out scores.csv
   medclass score --checkpoint runs/r1/best /shared/scans/ --out /shared/scores.csv \
       --engine ray --ray-address head-node:6379 --actors 4
 """
@@ -99,7 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--threads", type=int, help="model threads (default: the cores)")
     run.add_argument("--backend", choices=BACKEND_NAMES, default="torch")
-    run.add_argument("--onnx", type=Path, help="ONNX model from 'medclass export' (--backend onnxruntime)")
+    run.add_argument(
+        "--onnx", type=Path, help="ONNX model from 'medclass export' (--backend onnxruntime or openvino)"
+    )
     run.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="bf16: autocast")
     run.add_argument("--device", choices=DEVICE_NAMES, default="auto")
     add_no_calibration(run)

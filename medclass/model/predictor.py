@@ -207,8 +207,63 @@ class OnnxPredictor(Predictor):
         return torch.from_numpy(np.asarray(out))
 
 
+class OpenVinoPredictor(Predictor):
+    """An ONNX file from :func:`medclass.export.export_onnx` (fp32 or int8) run by OpenVINO on the CPU.
+
+    ``precision`` sets OpenVINO's inference precision for the layers that are not int8: ``fp32`` (f32,
+    faithful to the export) or ``bf16`` (OpenVINO's own default on CPUs with bf16 support, which it would
+    otherwise pick silently). ``threads`` > 0 sets its inference threads. Raises :class:`ConfigError` when
+    openvino is not installed, the file is missing or cannot be compiled, or a GPU is asked for.
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike[str],
+        task: str,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        threads: int = 0,
+        calibration: Calibration | None = None,
+    ) -> None:
+        super().__init__(task, device=device, precision=precision, calibration=calibration)
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ConfigError(
+                "--backend openvino needs openvino; install it with: pip install 'medclass[onnx]'"
+            ) from None
+        if device.startswith("cuda"):
+            raise ConfigError(
+                "--backend openvino runs on the CPU here; use --device cpu (or --backend torch)"
+            )
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise ConfigError("ONNX model not found (make one with: medclass export --format onnx)", path)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as exc:
+            raise ConfigError(
+                f"openvino cannot compile this model ({type(exc).__name__}: {exc})", path
+            ) from exc
+
+    def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:  # N×3×S×S → N×C
+        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        out = self.compiled(np.ascontiguousarray(array, dtype=np.float32))[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32))
+
+
 #: backend name → predictor class (see :func:`make_predictor`)
-PREDICTORS: dict[str, type[Predictor]] = {"torch": TorchPredictor, "onnxruntime": OnnxPredictor}
+PREDICTORS: dict[str, type[Predictor]] = {
+    "torch": TorchPredictor,
+    "onnxruntime": OnnxPredictor,
+    "openvino": OpenVinoPredictor,
+}
 
 
 def make_predictor(
@@ -231,7 +286,11 @@ def make_predictor(
             raise ConfigError("the torch backend needs --checkpoint")
         return TorchPredictor(model, task, device=device, precision=precision, calibration=calibration)
     if onnx_path is None:
-        raise ConfigError("--backend onnxruntime needs --onnx MODEL.onnx (make one with medclass export)")
+        raise ConfigError(f"--backend {name} needs --onnx MODEL.onnx (make one with medclass export)")
+    if name == "openvino":
+        return OpenVinoPredictor(
+            onnx_path, task, device=device, precision=precision, threads=threads, calibration=calibration
+        )
     if precision != "fp32":
-        raise ConfigError("--backend onnxruntime runs the exported fp32 graph; use --precision fp32")
+        raise ConfigError("--backend onnxruntime runs the exported graph as it is; use --precision fp32")
     return OnnxPredictor(onnx_path, task, device=device, threads=threads, calibration=calibration)

@@ -7,7 +7,8 @@ Chosen by name (:data:`medclass.names.BACKEND_NAMES`):
 
 - ``torch``: the checkpoint's model in eval mode, ``torch.inference_mode``, channels_last, bf16 autocast on
   request; CUDA when asked for;
-- ``onnxruntime``: an ONNX file written by :mod:`medclass.export` (main logits, dynamic batch axis).
+- ``onnxruntime``: an ONNX file written by :mod:`medclass.export` (main logits, dynamic batch axis);
+- ``openvino``: the same file compiled by OpenVINO for the CPU (fp32 or bf16 for the non-int8 layers).
 
 This module stays light (torch and the model are imported when a backend is made), so that the decoding
 workers that import :mod:`medclass.score` do not load them.

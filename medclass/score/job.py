@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.errors import CheckpointError, ConfigError
+from medclass.names import ONNX_BACKENDS
 from medclass.score.decide import DecisionRule
 from medclass.score.inputs import WorkItem
 from medclass.score.writer import ScoreOutput
@@ -104,7 +105,7 @@ def load_meta(config: ScoreConfig) -> tuple[dict[str, Any], Any]:
     from medclass import checkpoint as checkpoints
 
     onnx_meta = None
-    if config.backend == "onnxruntime" and config.onnx is not None:
+    if config.backend in ONNX_BACKENDS and config.onnx is not None:
         from medclass.export import read_sidecar
 
         onnx_meta = read_sidecar(config.onnx)
@@ -114,7 +115,9 @@ def load_meta(config: ScoreConfig) -> tuple[dict[str, Any], Any]:
             log.info("%s: %s", config.onnx, describe(onnx_meta["quantization"]))
     if config.checkpoint is None:
         if onnx_meta is None:
-            raise ConfigError("--checkpoint is required (or --backend onnxruntime --onnx MODEL.onnx)")
+            raise ConfigError(
+                "--checkpoint is required (or --backend onnxruntime|openvino --onnx MODEL.onnx)"
+            )
         return onnx_meta, None
     if config.backend == "torch":
         ckpt = checkpoints.load(config.checkpoint)
