@@ -17,7 +17,7 @@ Three measurements in the same run, same model (random Inception V3, ``--size`` 
   machine with few cores both compete for the same cores.
 
 Each of ``--precisions`` (fp32, bf16: the torch backend; int8: onnxruntime running an ``export --quantize
-int8`` of the same weights) is measured in turn; the naive loop runs before and after them (the mean is the
+int8`` of the same weights; ov-fp32, ov-int8: OpenVINO running the fp32 or int8 export) is measured in turn; the naive loop runs before and after them (the mean is the
 baseline).
 
     .venv/bin/python benchmarks/bench_score.py --n 96 --naive-n 16
@@ -147,6 +147,16 @@ def int8_export(stem: Path, folder: Path, files: list[Path], calibration: int) -
     return out
 
 
+#: variant → (backend, exported graph or None for the checkpoint, precision)
+VARIANTS = {
+    "fp32": ("torch", None, "fp32"),
+    "bf16": ("torch", None, "bf16"),
+    "int8": ("onnxruntime", "int8", "fp32"),
+    "ov-fp32": ("openvino", "fp32", "fp32"),
+    "ov-int8": ("openvino", "int8", "fp32"),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100, help="items to score (real files repeated)")
@@ -154,9 +164,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument(
         "--precisions",
-        default="fp32,bf16,int8",
-        help="comma-separated, measured in turn in the same run (int8: the onnxruntime backend of an "
-        "export --quantize int8 calibrated on the inputs)",
+        default="fp32,bf16,int8,ov-fp32,ov-int8",
+        help="comma-separated variants (fp32, bf16: torch; int8: onnxruntime running an export --quantize "
+        "int8 calibrated on the inputs; ov-fp32, ov-int8: OpenVINO running the fp32 or int8 export), "
+        "measured in turn in the same run",
     )
     ap.add_argument("--inputs", choices=("mixed", "jpeg", "dicom"), default="mixed", help="which real files")
     ap.add_argument(
@@ -169,7 +180,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=299)
     args = ap.parse_args()
     precisions = [p for p in args.precisions.split(",") if p]
-    assert set(precisions) <= {"fp32", "bf16", "int8"}, precisions
+    assert set(precisions) <= set(VARIANTS), precisions
 
     import numpy as np
     import torch
@@ -204,17 +215,24 @@ def main() -> None:
     torch.set_num_threads(threads)
     rule = DecisionRule.from_meta(ck.meta)
     items = expand_inputs([folder])
-    onnx_int8 = int8_export(stem, folder, files, args.batch_size) if "int8" in precisions else None
+    wanted = {VARIANTS[p][1] for p in precisions}
+    graphs: dict[str | None, Path | None] = {None: None}
+    if "int8" in wanted:
+        graphs["int8"] = int8_export(stem, folder, files, args.batch_size)
+    if "fp32" in wanted:
+        from medclass.export import export_onnx
+
+        graphs["fp32"] = export_onnx(stem, tmp / "model.onnx").path
 
     from medclass import ingest
 
     x = np.stack([pre(ingest.read_frame(f, 0)).array for f in files[: args.batch_size]])  # B×3×S×S
     reps = max(1, args.n // args.batch_size)
 
-    def backend_of(precision: str):
-        if precision == "int8":
-            return make_backend("onnxruntime", task="multiclass", onnx_path=onnx_int8, threads=threads)
-        return make_backend("torch", task="multiclass", model=ck.model, precision=precision)
+    def backend_of(variant: str):
+        name, graph, precision = VARIANTS[variant]
+        return make_backend(name, task="multiclass", model=ck.model, onnx_path=graphs[graph],
+                            precision=precision, threads=threads)  # fmt: skip
 
     def forward_only(backend) -> float:  # same backend, batch, precision, layout on preloaded tensors
         backend(x)  # warm-up
@@ -235,14 +253,15 @@ def main() -> None:
         assert counts.failed == 0, counts.errors
         return rate
 
-    def whole(precision: str) -> float:  # the whole command: checkpoint load, expansion, summary included
+    def whole(variant: str) -> float:  # the whole command: checkpoint load, expansion, summary included
+        name, graph, precision = VARIANTS[variant]
         extra = (
-            {"backend": "onnxruntime", "onnx": onnx_int8, "checkpoint": None}
-            if precision == "int8"
+            {"backend": name, "onnx": graphs[graph], "checkpoint": None}
+            if graph
             else {"precision": precision, "checkpoint": stem}
         )
         start = time.perf_counter()
-        run_scoring(dataclasses.replace(cfg, out=tmp / f"run-{precision}.csv", batch_size=args.batch_size,
+        run_scoring(dataclasses.replace(cfg, out=tmp / f"run-{variant}.csv", batch_size=args.batch_size,
                                         device="cpu", **extra))  # fmt: skip
         return len(items) / (time.perf_counter() - start)
 
