@@ -17,6 +17,17 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 
+def jpeg_folder(kermany: Path, folder: Path, n: int) -> Path:
+    """``folder`` with ``n`` Kermany JPEGs copied in as x0.jpeg, x1.jpeg, … (score's input in these tests)."""
+    folder.mkdir()
+    for i, f in enumerate(kermany_jpegs(kermany, n)):
+        shutil.copy(f, folder / f"x{i}.jpeg")
+    return folder
+
+
+SCORE_OPTS = ["--workers", "0", "--batch-size", "2", "--no-progress"]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("export")
@@ -76,11 +87,8 @@ def test_onnxruntime_matches_torch_on_real_images(
 
 def test_score_with_onnxruntime_backend(exported: tuple[Path, Path], kermany: Path, tmp_path: Path) -> None:
     ckpt, out = exported
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i, f in enumerate(kermany_jpegs(kermany, 3)):
-        shutil.copy(f, folder / f"x{i}.jpeg")
-    common = ["--workers", "0", "--batch-size", "2", "--no-progress"]
+    folder = jpeg_folder(kermany, tmp_path / "in", 3)
+    common = SCORE_OPTS
     a, b = tmp_path / "torch.csv", tmp_path / "ort.csv"
     assert main(["score", "--checkpoint", str(ckpt), str(folder), "--out", str(a), *common]) == ExitCode.OK
     assert main(["score", "--backend", "onnxruntime", "--onnx", str(out), str(folder), "--out", str(b),
@@ -96,11 +104,8 @@ def test_score_with_onnxruntime_backend(exported: tuple[Path, Path], kermany: Pa
 def test_score_with_openvino_backend(exported: tuple[Path, Path], kermany: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     ckpt, out = exported
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i, f in enumerate(kermany_jpegs(kermany, 3)):
-        shutil.copy(f, folder / f"x{i}.jpeg")
-    common = ["--workers", "0", "--batch-size", "2", "--no-progress"]
+    folder = jpeg_folder(kermany, tmp_path / "in", 3)
+    common = SCORE_OPTS
     a, b, c = tmp_path / "torch.csv", tmp_path / "ov.csv", tmp_path / "ov16.csv"
     assert main(["score", "--checkpoint", str(ckpt), str(folder), "--out", str(a), *common]) == ExitCode.OK
     ov = ["score", "--backend", "openvino", "--onnx", str(out), str(folder), *common]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_score import kermany_jpegs, make_checkpoint
+from test_export import SCORE_OPTS, jpeg_folder
+from test_score import make_checkpoint
 
 from medclass.cli import ExitCode, main
 from medclass.score import read_scores
@@ -79,11 +80,8 @@ def test_score_with_int8_prints_the_guard_and_stays_close(
     int8: tuple[Path, Path], kermany: Path, tmp_path: Path, capsys
 ) -> None:
     ckpt, out = int8
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i, f in enumerate(kermany_jpegs(kermany, 4)):
-        shutil.copy(f, folder / f"x{i}.jpeg")
-    common = ["--workers", "0", "--batch-size", "2", "--no-progress"]
+    folder = jpeg_folder(kermany, tmp_path / "in", 4)
+    common = SCORE_OPTS
     a, b = tmp_path / "torch.csv", tmp_path / "int8.csv"
     assert main(["score", "--checkpoint", str(ckpt), str(folder), "--out", str(a), *common]) == ExitCode.OK
     capsys.readouterr()
